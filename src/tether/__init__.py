@@ -1,0 +1,28 @@
+"""tether: deterministic resource lifetimes for Python.
+
+Every connection, file handle, stream and checkout is released exactly once, on every
+path (success, exception, cancellation, client disconnect), and when something is not,
+tether says what leaked, where it was acquired and who holds it.
+
+Integrations live in their own modules and need their extras: ``tether.postgres``
+(``tether[postgres]`` / ``tether[asyncpg]``), ``tether.starlette`` (``tether[starlette]``).
+Importing ``tether`` itself never imports an optional dependency.
+"""
+
+from ._exceptions import CleanupError as CleanupError
+from ._exceptions import PoolClosed as PoolClosed
+from ._exceptions import PoolError as PoolError
+from ._exceptions import PoolTimeout as PoolTimeout
+from ._exceptions import StreamIdleTimeout as StreamIdleTimeout
+from ._exceptions import TetherError as TetherError
+from ._version import __version__ as __version__
+
+__all__ = [
+    "CleanupError",
+    "PoolClosed",
+    "PoolError",
+    "PoolTimeout",
+    "StreamIdleTimeout",
+    "TetherError",
+    "__version__",
+]

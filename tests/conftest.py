@@ -1,0 +1,89 @@
+"""Shared fixtures: real services on loopback, and how a missing one is handled.
+
+Tests that need PostgreSQL or Redis take the ``postgres_dsn`` / ``redis_url`` fixtures.
+On a developer's machine without the server they skip, saying why. With
+``TETHER_REQUIRE_SERVICES=1`` (set by ``.ci/run``) a missing server or driver is a
+failure instead: CI must never go green by skipping them.
+
+Override the addresses with ``TETHER_TEST_POSTGRES_DSN`` and ``TETHER_TEST_REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlsplit
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+REQUIRE_SERVICES = os.environ.get("TETHER_REQUIRE_SERVICES", "") not in ("", "0")
+
+POSTGRES_DSNS = (
+    "postgresql://postgres@127.0.0.1:5432/test",
+    "postgresql://root@127.0.0.1:5432/test",
+    "postgresql://postgres@127.0.0.1:5432/postgres",
+)
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def service_unavailable(reason: str) -> None:
+    """Skip the test, or fail it when services are required."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (TETHER_REQUIRE_SERVICES=1, so this is a failure)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _port_open(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), timeout=2.0
+        ):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """A DSN for the shared PostgreSQL server (a role that can connect, database ``test``)."""
+    try:
+        import psycopg
+    except ImportError:
+        service_unavailable("psycopg is not installed: pip install -e '.[dev]'")
+    override = os.environ.get("TETHER_TEST_POSTGRES_DSN")
+    candidates = (override,) if override else POSTGRES_DSNS
+    if not _port_open(candidates[0], 5432):
+        service_unavailable(f"PostgreSQL is not reachable at {candidates[0]}")
+    errors = []
+    for dsn in candidates:
+        try:
+            with psycopg.connect(dsn, connect_timeout=5) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            errors.append(f"{dsn}: {exc}".strip())
+            continue
+        return dsn
+    service_unavailable("PostgreSQL refused every candidate DSN: " + "; ".join(errors))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A URL for the shared Redis server."""
+    try:
+        import redis
+    except ImportError:
+        service_unavailable("redis is not installed: pip install -e '.[dev]'")
+    url = os.environ.get("TETHER_TEST_REDIS_URL", REDIS_URL)
+    if not _port_open(url, 6379):
+        service_unavailable(f"Redis is not reachable at {url}")
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=5)
+        client.ping()
+        client.close()
+    except redis.RedisError as exc:
+        service_unavailable(f"Redis at {url} did not answer PING: {exc}")
+    return url
