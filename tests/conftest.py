@@ -10,6 +10,7 @@ Override the addresses with ``TETHER_TEST_POSTGRES_DSN`` and ``TETHER_TEST_REDIS
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 from urllib.parse import urlsplit
@@ -26,6 +27,23 @@ POSTGRES_DSNS = (
     "postgresql://postgres@127.0.0.1:5432/postgres",
 )
 REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
+    """Run every ``async def`` test through anyio's pytest plugin (asyncio by default).
+
+    A test that should also run on trio asks for it with
+    ``@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])``.
+    """
+    if collector.funcnamefilter(name) and inspect.iscoroutinefunction(obj):  # type: ignore[attr-defined]
+        pytest.mark.anyio(obj)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio unless they parametrize this fixture."""
+    return "asyncio"
 
 
 def service_unavailable(reason: str) -> None:

@@ -1,0 +1,167 @@
+"""Async plumbing shared by every async part of tether: shielded cleanup.
+
+Cleanup code (returning a resource, closing a stream, rolling back) must run to the end
+even when the task that runs it is being cancelled, and the cancellation must still reach
+the task afterwards. Three kinds of cancellation exist where tether runs:
+
+* a plain asyncio ``task.cancel()`` (and ``asyncio.timeout``, which uses it): delivered
+  once, at the next await;
+* an anyio ``CancelScope`` on asyncio (Starlette, FastAPI): delivered again and again at
+  every await until the scope is left;
+* trio's cancel scopes, which only trio's own shield can hold off.
+
+:func:`run_shielded` handles all three. On asyncio it runs the cleanup in a task of its
+own and waits for it, absorbing cancellations meanwhile (and, when anyio is loaded, inside
+a shielded anyio scope so that anyio does not retry its delivery in a busy loop); on trio
+it uses a shielded trio cancel scope. Afterwards, a cancellation that arrived meanwhile is
+raised again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Generic, TypeVar, final
+
+__all__ = ["ShieldedOutcome", "current_async_library", "run_shielded", "run_shielded_outcome"]
+
+T = TypeVar("T")
+
+
+def current_async_library() -> str:
+    """Name the async library running the current task: ``"asyncio"`` or ``"trio"``.
+
+    Raises:
+        RuntimeError: when called outside of any event loop.
+    """
+    if asyncio._get_running_loop() is not None:
+        return "asyncio"
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            pass
+        else:
+            return "trio"
+    raise RuntimeError("tether's async APIs must be called from an asyncio or trio task")
+
+
+def _anyio_shield() -> AbstractContextManager[object]:
+    anyio = sys.modules.get("anyio")
+    if anyio is None:
+        # Without anyio loaded no anyio cancel scope can exist to retry its delivery.
+        return nullcontext()
+    shield: AbstractContextManager[object] = anyio.CancelScope(shield=True)
+    return shield
+
+
+@final
+class ShieldedOutcome(Generic[T]):
+    """How a shielded cleanup ended, and whether the caller was cancelled meanwhile."""
+
+    __slots__ = ("cancelled", "error", "value")
+
+    def __init__(self, value: T | None, error: BaseException | None, *, cancelled: bool) -> None:
+        self.value = value
+        self.error = error
+        self.cancelled = cancelled
+        """A plain asyncio cancellation reached the caller while the cleanup ran; the
+        caller owes it a ``raise asyncio.CancelledError`` once its own cleanup is done.
+        (anyio and trio cancel scopes deliver theirs again by themselves.)"""
+
+
+async def run_shielded(coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
+    """Run ``coro`` to completion even if the calling task is cancelled meanwhile.
+
+    Args:
+        coro: the cleanup to run. It is always run or closed, never dropped.
+        timeout: seconds ``coro`` may take; ``None`` waits for as long as it takes.
+
+    Returns:
+        What ``coro`` returned.
+
+    Raises:
+        TimeoutError: ``coro`` overran ``timeout``; it has been cancelled and abandoned.
+        asyncio.CancelledError: the calling task was cancelled while ``coro`` ran;
+            ``coro`` finished first, and its error, if any, is the ``__cause__``.
+        BaseException: whatever ``coro`` raised.
+    """
+    outcome = await run_shielded_outcome(coro, timeout=timeout)
+    if outcome.cancelled:
+        raise asyncio.CancelledError from outcome.error
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.value  # type: ignore[return-value]
+
+
+async def run_shielded_outcome(
+    coro: Coroutine[Any, Any, T], *, timeout: float | None = None
+) -> ShieldedOutcome[T]:
+    """Like :func:`run_shielded`, but report the outcome instead of raising it.
+
+    A cleanup that overran ``timeout`` reports a ``TimeoutError``. Callers that run several
+    cleanups in a row use this to keep going after a failure or a cancellation and decide
+    at the end what to raise.
+    """
+    if current_async_library() == "trio":
+        return await _run_shielded_trio(coro, timeout)
+    return await _run_shielded_asyncio(coro, timeout)
+
+
+async def _run_shielded_asyncio(
+    coro: Coroutine[Any, Any, T], timeout: float | None
+) -> ShieldedOutcome[T]:
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(coro)
+    cancelled = False
+    with _anyio_shield():
+        deadline = None if timeout is None else loop.time() + timeout
+        while not task.done():
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                break
+            try:
+                await asyncio.wait((task,), timeout=remaining)
+            except asyncio.CancelledError:
+                cancelled = True
+    if not task.done():
+        task.cancel()
+        # Nobody awaits an abandoned cleanup; retrieve its outcome when it ends so that
+        # asyncio does not log "exception was never retrieved" for it.
+        task.add_done_callback(_consume_outcome)
+        return ShieldedOutcome(None, _overran(timeout), cancelled=cancelled)
+    if task.cancelled():
+        # The cleanup cancelled itself (or was cancelled by someone holding its task).
+        return ShieldedOutcome(None, asyncio.CancelledError(), cancelled=cancelled)
+    error = task.exception()
+    if error is not None:
+        return ShieldedOutcome(None, error, cancelled=cancelled)
+    return ShieldedOutcome(task.result(), None, cancelled=cancelled)
+
+
+def _overran(timeout: float | None) -> TimeoutError:
+    return TimeoutError(f"cleanup did not finish within {timeout} seconds and was abandoned")
+
+
+def _consume_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def _run_shielded_trio(
+    coro: Coroutine[Any, Any, T], timeout: float | None
+) -> ShieldedOutcome[T]:
+    trio = sys.modules["trio"]
+    with trio.CancelScope(shield=True) as shield:
+        if timeout is not None:
+            shield.deadline = trio.current_time() + timeout
+        try:
+            value = await coro
+        except BaseException as error:  # noqa: BLE001 - reported, not swallowed
+            if shield.cancelled_caught or shield.cancel_called:
+                return ShieldedOutcome(None, _overran(timeout), cancelled=False)
+            return ShieldedOutcome(None, error, cancelled=False)
+        return ShieldedOutcome(value, None, cancelled=False)
