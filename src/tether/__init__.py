@@ -15,14 +15,20 @@ from ._exceptions import PoolError as PoolError
 from ._exceptions import PoolTimeout as PoolTimeout
 from ._exceptions import StreamIdleTimeout as StreamIdleTimeout
 from ._exceptions import TetherError as TetherError
+from ._scope import AsyncScope as AsyncScope
+from ._scope import Scope as Scope
+from ._scope import cleanup_errors as cleanup_errors
 from ._version import __version__ as __version__
 
 __all__ = [
+    "AsyncScope",
     "CleanupError",
     "PoolClosed",
     "PoolError",
     "PoolTimeout",
+    "Scope",
     "StreamIdleTimeout",
     "TetherError",
     "__version__",
+    "cleanup_errors",
 ]
