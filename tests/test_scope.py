@@ -152,13 +152,14 @@ def test_body_error_without_cleanup_errors_propagates_unchanged() -> None:
     def body() -> None:
         with Scope() as scope:
             scope.enter(Recorder("a", log))
+            scope.callback(lambda: log.append("callback"))
             raise error
 
     caught = raised(body)
     assert caught is error
     assert cleanup_errors(error) == ()
     assert getattr(error, "__notes__", []) == []
-    assert log == ["enter a", "exit a"]
+    assert log == ["enter a", "callback", "exit a"]
 
 
 def test_body_error_wins_and_carries_every_cleanup_error() -> None:
