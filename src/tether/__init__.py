@@ -18,6 +18,10 @@ from ._exceptions import TetherError as TetherError
 from ._scope import AsyncScope as AsyncScope
 from ._scope import Scope as Scope
 from ._scope import cleanup_errors as cleanup_errors
+from ._suppress import Suppressor as Suppressor
+from ._suppress import suppress as suppress
+from ._timing import Timer as Timer
+from ._timing import timed as timed
 from ._version import __version__ as __version__
 
 __all__ = [
@@ -28,7 +32,11 @@ __all__ = [
     "PoolTimeout",
     "Scope",
     "StreamIdleTimeout",
+    "Suppressor",
     "TetherError",
+    "Timer",
     "__version__",
     "cleanup_errors",
+    "suppress",
+    "timed",
 ]
