@@ -466,10 +466,17 @@ class AsyncScope(_ScopeBase):
     cancellation is delivered once every cleanup has run:
 
     * if the body raised (a cancellation included), that exception propagates as in the
-      error rule;
+      error rule, even when a cancellation arrived during the cleanups: the real error is
+      never masked. (An anyio or trio cancel scope stays cancelled, so code still inside
+      it is cancelled at its next checkpoint; a plain asyncio cancellation stays counted
+      in ``task.cancelling()``.)
     * if the body succeeded and the task was cancelled during the cleanups, the task ends
       cancelled, and that cancellation carries the cleanup errors, if any, as the body's
       exception would.
+
+    The lifecycle and the error rule are those of :class:`Scope`; ``aclose()`` stands for
+    ``close()``. Sync cleanups are not bounded by ``cleanup_timeout``: they cannot be
+    interrupted.
 
     Args:
         name: a name for the scope in error messages; by default it is named after the
