@@ -43,7 +43,6 @@ site is captured once per scope, for diagnostics.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import math
 import sys
@@ -53,7 +52,6 @@ from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar, final
 
-from ._aio import current_async_library, run_shielded_outcome
 from ._exceptions import CleanupError
 from ._sites import Site, user_site
 
@@ -617,6 +615,8 @@ class AsyncScope(_ScopeBase):
         self._stack.append((_ACALL, fn, _pack(args, kwargs), name))
 
     async def _aunwind(self, body_error: BaseException | None) -> bool:
+        from ._aio import run_shielded_outcome  # noqa: PLC0415 - keeps asyncio out of `import tether`
+
         self._state = _CLOSING
         stack = self._stack
         unwind = _Unwind(body_error)
@@ -646,7 +646,7 @@ class AsyncScope(_ScopeBase):
             cancellation: BaseException | None = None
             if cancelled:
                 # run_shielded absorbed a plain asyncio cancellation; the task owes it.
-                cancellation = asyncio.CancelledError()
+                cancellation = _asyncio_cancelled_error()
             elif ran_shielded:
                 # A cancel scope (anyio, trio) that expired during a shielded cleanup
                 # delivers its cancellation at the next checkpoint: make that here.
@@ -685,8 +685,16 @@ async def _await(awaitable: Awaitable[T]) -> T:
     return await awaitable
 
 
+def _asyncio_cancelled_error() -> BaseException:
+    import asyncio  # noqa: PLC0415 - already loaded: only an asyncio task gets here
+
+    return asyncio.CancelledError()
+
+
 async def _checkpoint_if_cancelled() -> None:
     """Let an expired cancel scope deliver its cancellation now (no-op on plain asyncio)."""
+    from ._aio import current_async_library  # noqa: PLC0415 - see _aunwind
+
     if current_async_library() == "trio":
         await sys.modules["trio"].lowlevel.checkpoint_if_cancelled()
         return
