@@ -140,9 +140,9 @@ def _exit_arguments(
     return type(exc), exc, exc.__traceback__
 
 
-def _check_name(name: object, argument: str = "name") -> None:
+def _check_name(name: object) -> None:
     if name is not None and not isinstance(name, str):
-        raise TypeError(f"{argument!r} must be a str or None, not {type(name).__name__}")
+        raise TypeError(f"'name' must be a str or None, not {type(name).__name__}")
 
 
 def _pack(args: tuple[object, ...], kwargs: dict[str, object]) -> object:
