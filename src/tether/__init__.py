@@ -15,6 +15,8 @@ from ._exceptions import PoolError as PoolError
 from ._exceptions import PoolTimeout as PoolTimeout
 from ._exceptions import StreamIdleTimeout as StreamIdleTimeout
 from ._exceptions import TetherError as TetherError
+from ._files import atomic_write as atomic_write
+from ._files import atomic_write_async as atomic_write_async
 from ._version import __version__ as __version__
 
 __all__ = [
@@ -25,4 +27,6 @@ __all__ = [
     "StreamIdleTimeout",
     "TetherError",
     "__version__",
+    "atomic_write",
+    "atomic_write_async",
 ]
