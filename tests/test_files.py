@@ -311,6 +311,23 @@ def test_a_failed_removal_is_noted_on_the_body_error(
     assert temp_name_pattern("t.txt").fullmatch(leftover)
 
 
+def test_a_temp_removed_by_someone_else_is_no_extra_error(tmp_path: Path) -> None:
+    """If a clean-up job deleted the temporary file meanwhile, only the body's error shows."""
+    target = tmp_path / "t.txt"
+
+    def write_then_fail() -> None:
+        with atomic_write(target) as f:
+            f.write("x")
+            for name in os.listdir(tmp_path):
+                os.unlink(tmp_path / name)
+            raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom") as raised:
+        write_then_fail()
+    assert getattr(raised.value, "__notes__", []) == []
+    assert listing(tmp_path) == []
+
+
 # -- failures while committing ---------------------------------------------------------
 
 

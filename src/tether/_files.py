@@ -317,8 +317,8 @@ class _AtomicWrite:
         if self._state is not _State.OPEN:
             raise RuntimeError(f"atomic_write({self._path!r}) was not entered")
         self._state = _State.DONE
-        if self._finalizer is not None:
-            self._finalizer.detach()
+        assert self._finalizer is not None  # set by every successful __enter__
+        self._finalizer.detach()
         if exc is None:
             self._commit()
             return
@@ -400,8 +400,8 @@ def _abandon(file: IO[str] | IO[bytes], fd: int, temp: str, path: str, site: Sit
     with contextlib.suppress(OSError):
         os.unlink(temp)
     warnings.warn(
-        f"atomic_write({path!r}) entered at {site} was never finished; its temporary file "
-        "was removed and the target left untouched",
+        f"atomic_write({path!r}) created at {site} was entered but never finished; its "
+        "temporary file was removed and the target left untouched",
         ResourceWarning,
         stacklevel=2,
     )
