@@ -818,6 +818,20 @@ def test_the_temp_has_a_recognisable_unique_name_next_to_the_target(tmp_path: Pa
     assert len(set(names)) == 3
 
 
+def test_the_file_object_is_named_after_the_temp(tmp_path: Path) -> None:
+    """``f.name`` is the temporary file, so a tool can check the content before the commit."""
+    target = tmp_path / "config.ini"
+    with atomic_write(target) as f:
+        f.write("[section]\n")
+        f.flush()
+        checked_by_a_tool = Path(f.name).read_text()
+        temp = Path(f.name)
+    assert checked_by_a_tool == "[section]\n"
+    assert temp.parent == tmp_path
+    assert temp_name_pattern("config.ini").fullmatch(temp.name)
+    assert (f.mode, target.read_text()) == ("w", "[section]\n")
+
+
 @pytest.mark.parametrize("name", ["n" * NAME_MAX, "\u00e9" * (NAME_MAX // 2)])
 def test_a_name_of_the_maximum_length_still_gets_a_temp(tmp_path: Path, name: str) -> None:
     """The temporary name is shortened to fit in one path component."""

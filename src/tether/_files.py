@@ -225,16 +225,9 @@ class _AtomicWrite:
         try:
             self._find_target()
             self._fd, self._temp = self._create_temp()
-            if self._binary:
-                file: IO[str] | IO[bytes] = open(self._fd, self._open_mode, closefd=False)
-            else:
-                file = open(
-                    self._fd,
-                    self._open_mode,
-                    encoding=self._encoding,
-                    newline=self._newline,
-                    closefd=False,
-                )
+            file = _file_object(
+                self._fd, self._temp, self._open_mode, self._encoding, self._newline
+            )
         except BaseException:
             self._state = _State.DONE
             self._discard()
@@ -389,6 +382,25 @@ class _AtomicWrite:
         except OSError as exc:
             return exc
         return None
+
+
+def _file_object(
+    fd: int, name: str, open_mode: str, encoding: str, newline: str | None
+) -> IO[str] | IO[bytes]:
+    """What ``open(name, open_mode)`` would return, on ``fd``, never closing ``fd``.
+
+    Closing it flushes it and leaves ``fd`` open for the commit. Its ``name`` is the
+    temporary file's path, so a tool can check the new content before the block ends.
+    """
+    readable = "+" in open_mode
+    raw = io.FileIO(fd, "r+" if readable else "w", closefd=False)
+    raw.name = name
+    buffered = io.BufferedRandom(raw) if readable else io.BufferedWriter(raw)
+    if "b" in open_mode:
+        return buffered
+    text = io.TextIOWrapper(buffered, encoding=encoding, newline=newline)
+    text.mode = open_mode  # type: ignore[misc]  # as open() sets it
+    return text
 
 
 def _abandon(file: IO[str] | IO[bytes], fd: int, temp: str, path: str, site: Site) -> None:
