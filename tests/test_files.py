@@ -728,6 +728,35 @@ def test_an_existing_file_keeps_its_owner_and_group(tmp_path: Path) -> None:
     assert expected == (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode))
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another group")
+def test_without_the_right_to_keep_the_owner_the_group_is_still_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer who may not give the file away still keeps its group (a shared directory).
+
+    Root plays an unprivileged member of the file's group: its fchown refuses to change
+    the owner, as the kernel does for everyone but root.
+    """
+    target = tmp_path / "t"
+    target.write_text("old")
+    os.chown(target, -1, 65534)
+    calls: list[tuple[int, int]] = []
+    real_fchown = os.fchown
+
+    def fchown_without_privileges(fd: int, uid: int, gid: int) -> None:
+        calls.append((uid, gid))
+        if uid != -1:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        real_fchown(fd, uid, gid)
+
+    monkeypatch.setattr(os, "fchown", fchown_without_privileges)
+    with atomic_write(target) as f:
+        f.write("new")
+    assert calls == [(os.geteuid(), 65534), (-1, 65534)]
+    assert os.stat(target).st_gid == 65534
+    assert target.read_text() == "new"
+
+
 # -- symlinks --------------------------------------------------------------------------
 
 

@@ -422,10 +422,13 @@ def _abandon(file: IO[str] | IO[bytes], fd: int, temp: str, path: str, site: Sit
 def _keep_owner_and_mode(fd: int, existing: os.stat_result) -> None:
     current = os.fstat(fd)
     if (current.st_uid, current.st_gid) != (existing.st_uid, existing.st_gid):
-        # Only root (or the owner, for a group it belongs to) may; otherwise the new
-        # file is ours, as with sed -i.
-        with contextlib.suppress(PermissionError):
-            os.fchown(fd, existing.st_uid, existing.st_gid)
+        try:
+            os.fchown(fd, existing.st_uid, existing.st_gid)  # root may
+        except PermissionError:
+            # Anyone may keep the group if they belong to it, which is what matters in a
+            # shared directory; the owner becomes the writer, as with sed -i.
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, -1, existing.st_gid)
     # After fchown, which clears set-user-ID and set-group-ID bits.
     os.fchmod(fd, stat.S_IMODE(existing.st_mode))
 
@@ -552,7 +555,7 @@ def atomic_write(
 
     If ``path`` is a symlink, the file it points to is replaced and the link is kept (as
     editors do); a dangling link gets its target created. An existing file's permission
-    bits are kept, and its owner and group too when the process may set them; a new file
+    bits are kept, and its owner and group as far as the process may set them; a new file
     gets ``0o666`` minus the umask, as with ``open()``. Closing the file object inside the
     block is allowed and changes nothing.
 
