@@ -371,7 +371,8 @@ class _AtomicWrite:
                 file.close()
         fd, self._fd = self._fd, -1
         if fd >= 0:
-            os.close(fd)
+            with contextlib.suppress(OSError):  # nothing written through it matters now
+                os.close(fd)
         temp, self._temp = self._temp, None
         if temp is None:
             return None
@@ -407,7 +408,8 @@ def _abandon(file: IO[str] | IO[bytes], fd: int, temp: str, path: str, site: Sit
     """Clean up after an atomic write that was entered and then dropped unfinished."""
     with contextlib.suppress(OSError, ValueError):  # its content is being thrown away
         file.close()
-    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.close(fd)
     # Nothing more can be done from a finalizer if this fails; the name says what it is.
     with contextlib.suppress(OSError):
         os.unlink(temp)
