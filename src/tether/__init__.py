@@ -15,6 +15,8 @@ from ._exceptions import PoolError as PoolError
 from ._exceptions import PoolTimeout as PoolTimeout
 from ._exceptions import StreamIdleTimeout as StreamIdleTimeout
 from ._exceptions import TetherError as TetherError
+from ._files import atomic_write as atomic_write
+from ._files import atomic_write_async as atomic_write_async
 from ._scope import AsyncScope as AsyncScope
 from ._scope import Scope as Scope
 from ._scope import cleanup_errors as cleanup_errors
@@ -36,6 +38,8 @@ __all__ = [
     "TetherError",
     "Timer",
     "__version__",
+    "atomic_write",
+    "atomic_write_async",
     "cleanup_errors",
     "suppress",
     "timed",
