@@ -420,6 +420,32 @@ def test_pgbouncer_pools_per_transaction(
     assert len(backends) == 1
 
 
+def test_pgbouncer_reconnects_once_the_server_is_back(
+    pgbouncer_dsn: str, private_postgres: PrivatePostgres
+) -> None:
+    """After the server behind it restarts, PgBouncer serves queries on new connections."""
+
+    def backend() -> object:
+        with _connect(pgbouncer_dsn, prepare_threshold=None) as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        return row[0]
+
+    before = backend()
+    private_postgres.restart()
+    after: list[object] = []
+
+    def answered() -> bool:
+        try:
+            after.append(backend())
+        except psycopg.OperationalError:
+            return False  # PgBouncer may report the dead server connection once
+        return True
+
+    assert wait_until(answered, GUARD, interval=0.1)
+    assert before != after[-1]
+
+
 def test_pgbouncer_rejects_bad_arguments(pgbouncer_binary: Path) -> None:
     """Bad options raise ValueError naming the option, before anything is started."""
     with pytest.raises(ValueError, match="pool_mode"):
@@ -431,18 +457,23 @@ def test_pgbouncer_rejects_bad_arguments(pgbouncer_binary: Path) -> None:
 # -- fixtures: cleanup and missing tools ------------------------------------------------
 
 _INNER_TEST = """
-import json, socket, threading
+import json, threading
 from pathlib import Path
 
+import psycopg
+from infra.processes import children_of
+
 def test_uses_everything(tcp_proxy, private_postgres, pgbouncer):
-    proxy = tcp_proxy(private_postgres.host, private_postgres.port)
-    socket.create_connection((proxy.host, proxy.port)).close()
-    Path("pids.json").write_text(json.dumps({
-        "postmaster": private_postgres.pid,
-        "pgbouncer": pgbouncer.pid,
+    proxy = tcp_proxy(pgbouncer.host, pgbouncer.port)
+    dsn = f"postgresql://postgres@{proxy.host}:{proxy.port}/postgres"
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
+        conn.execute("SELECT 1")
+    # PgBouncer keeps its server connection: a backend is alive when the fixtures end.
+    Path("seen.json").write_text(json.dumps({
+        "processes": [private_postgres.pid, pgbouncer.pid, *children_of(private_postgres.pid)],
         "dirs": [str(private_postgres.root), str(pgbouncer.root)],
         "template": str(private_postgres.template.root),
-        "proxy_thread": [t.name for t in threading.enumerate() if t.name.startswith("TcpProxy")],
+        "proxy_threads": [t.name for t in threading.enumerate() if "TcpProxy" in t.name],
     }))
 """
 
@@ -464,12 +495,10 @@ def test_fixtures_leave_no_process_or_directory_behind(
     pytester.makepyfile(_INNER_TEST)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:cov", "-W", "error")
     result.assert_outcomes(passed=1)
-    seen = json.loads((pytester.path / "pids.json").read_text(encoding="utf-8"))
-    assert len(seen["proxy_thread"]) == 1
-    assert (process_running(seen["postmaster"]), process_running(seen["pgbouncer"])) == (
-        False,
-        False,
-    )
+    seen = json.loads((pytester.path / "seen.json").read_text(encoding="utf-8"))
+    assert len(seen["proxy_threads"]) == 1
+    assert len(seen["processes"]) > 3  # postmaster, PgBouncer, and the server's children
+    assert [pid for pid in seen["processes"] if process_running(pid)] == []
     assert [path for path in [*seen["dirs"], seen["template"]] if Path(path).exists()] == []
 
 

@@ -50,6 +50,9 @@ _DEFAULT_SETTINGS: Final[Mapping[str, str]] = {
     # PgBouncer waits this long after a failed server login before trying again (15 s by
     # default); tests that restart the server want it back at once.
     "server_login_retry": "1",
+    # A client queued while the server is down waits this long before it is told (120 s by
+    # default): fault tests want the failure promptly.
+    "query_wait_timeout": "5",
     "ignore_startup_parameters": "extra_float_digits",
 }
 
