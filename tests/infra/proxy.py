@@ -97,7 +97,7 @@ class TcpProxy:
     closes every socket and joins the thread; nothing outlives it.
     """
 
-    def __init__(self, target_host: str, target_port: int, *, connect_timeout: float = 5.0):
+    def __init__(self, target_host: str, target_port: int, *, connect_timeout: float = 5.0) -> None:
         if not isinstance(target_port, int) or not 0 < target_port < 65536:
             raise ValueError(f"target_port must be a TCP port number, got {target_port!r}")
         if connect_timeout <= 0:
@@ -285,7 +285,9 @@ class TcpProxy:
 
     def _wake(self) -> None:
         assert self._wake_writer is not None
-        with contextlib.suppress(BlockingIOError):  # a wake-up is pending already
+        # Full: a wake-up is pending already. Broken: the loop has died, and the caller
+        # reports why.
+        with contextlib.suppress(OSError):
             self._wake_writer.send(b"\0")
 
     # -- the loop (proxy thread only) ------------------------------------------------
