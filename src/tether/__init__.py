@@ -15,14 +15,26 @@ from ._exceptions import PoolError as PoolError
 from ._exceptions import PoolTimeout as PoolTimeout
 from ._exceptions import StreamIdleTimeout as StreamIdleTimeout
 from ._exceptions import TetherError as TetherError
+from ._stream import AsyncStream as AsyncStream
+from ._stream import Stream as Stream
+from ._stream import StreamMetrics as StreamMetrics
+from ._stream import StreamOutcome as StreamOutcome
+from ._stream import StreamSnapshot as StreamSnapshot
+from ._stream import accumulate as accumulate
 from ._version import __version__ as __version__
 
 __all__ = [
+    "AsyncStream",
     "CleanupError",
     "PoolClosed",
     "PoolError",
     "PoolTimeout",
+    "Stream",
     "StreamIdleTimeout",
+    "StreamMetrics",
+    "StreamOutcome",
+    "StreamSnapshot",
     "TetherError",
     "__version__",
+    "accumulate",
 ]
