@@ -656,8 +656,8 @@ def _iterate(state: _StreamState[T, C]) -> Iterator[T]:
             _raise_all(errors, state.site)
         raise
     except BaseException as exc:
-        if not state.running():
-            return
+        # Only this thread reads, and close() finishes the state only while the iterator
+        # waits at a yield: the state is still running here.
         errors = state.finish(state.outcome_of(exc), None if _is_cancellation(exc) else exc)
         _report(exc, errors, state.site)
         raise
@@ -835,6 +835,9 @@ class Stream(Generic[T_co, C_co]):
                 "this stream's source is synchronous: use 'with accumulate(...)', not 'async with'"
             )
 
+        async def __aexit__(self, *exc_info):  # pragma: no cover - __aenter__ refuses
+            return None
+
     def close(self) -> StreamSnapshot[T_co, C_co]:
         """Close the source (once) and return the final snapshot.
 
@@ -978,6 +981,9 @@ class AsyncStream(Generic[T_co, C_co]):
             raise TypeError(
                 "this stream's source is asynchronous: use 'async with accumulate(...)', not 'with'"
             )
+
+        def __exit__(self, *exc_info):  # pragma: no cover - __enter__ refuses
+            return None
 
     async def aclose(self) -> StreamSnapshot[T_co, C_co]:
         """Close the source (once) and return the final snapshot.
