@@ -991,10 +991,14 @@ def _accumulate_time(count: int) -> float:
 
 
 def test_accumulation_is_linear() -> None:
-    """Ten times the chunks cost about ten times as much (no quadratic behaviour)."""
-    small = statistics.median(_accumulate_time(100_000) for _ in range(5))
-    large = statistics.median(_accumulate_time(1_000_000) for _ in range(3))
-    assert 5 < large / small < 20
+    """Ten times the chunks cost about ten times as much, not a hundred (no quadratic
+    behaviour). Sizes alternate so that a busy machine slows both alike; the bounds are
+    wide because only the order of growth is claimed."""
+    small, large = [], []
+    for _ in range(5):
+        small.append(_accumulate_time(100_000))
+        large.append(_accumulate_time(1_000_000))
+    assert 4 < statistics.median(large) / statistics.median(small) < 40
 
 
 # -- edges ---------------------------------------------------------------------------
@@ -1215,3 +1219,33 @@ async def test_async_unstarted_iterator_dropped_with_its_stream() -> None:
     aiter(stream)
     with pytest.warns(ResourceWarning, match="it was never iterated"):
         del stream
+
+
+async def test_reader_cancelled_while_closing_for_another_task_keeps_its_cancellation() -> None:
+    """A reader closing the source for aclose() in another task, cancelled meanwhile: the
+    cancellation ends the reader, and the closer gets its snapshot, not the cancellation."""
+    hanging, closing, done = asyncio.Event(), asyncio.Event(), Recorder()
+
+    class SlowClose(AsyncClosableSource):
+        def __aiter__(self) -> AsyncIterator[bytes]:
+            return self._hang()
+
+        async def _hang(self) -> AsyncIterator[bytes]:
+            yield b"x"
+            hanging.set()
+            await asyncio.sleep(3600)
+
+        async def aclose(self) -> None:
+            closing.set()
+            await asyncio.sleep(3600)
+
+    stream = tether.accumulate(SlowClose(), on_complete=done)
+    reader = asyncio.create_task(drain(stream))
+    await hanging.wait()
+    closer = asyncio.create_task(stream.aclose())
+    await closing.wait()
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    snapshot = await closer
+    assert (snapshot.outcome, done.outcomes) == (StreamOutcome.CLOSED, [StreamOutcome.CLOSED])

@@ -761,9 +761,15 @@ async def _aiterate(state: _StreamState[T, C]) -> AsyncIterator[T]:
                 still_cancelled = state.withdraw_cancel()
             else:
                 still_cancelled = _is_cancellation(exc) and not isinstance(exc, _ReadInterrupted)
-            state.pending_errors = await state.afinish(StreamOutcome.CLOSED, shield=still_cancelled)
+            errors = await state.afinish(StreamOutcome.CLOSED, shield=still_cancelled)
+            # Errors go to the closing task, which raises them; an interruption of this
+            # task while it closed the source stays here.
+            state.pending_errors = [e for e in errors if not _is_cancellation(e)]
             if still_cancelled and not isinstance(exc, _ReadInterrupted):
                 raise
+            for error in errors:
+                if _is_cancellation(error):
+                    raise error from None
             return
         if not state.running():
             # Closed meanwhile between two reads; reading the closed source failed.
