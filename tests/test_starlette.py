@@ -50,6 +50,7 @@ class Scenario:
         self.closed = threading.Event()
         self.completed = threading.Event()
         self.returned = threading.Event()
+        self.disconnected = threading.Event()
         self.release = threading.Event()
         self.finally_count = 0
         self.request_task: object = None
@@ -115,12 +116,20 @@ starlette_app = Starlette(routes=[Route("/stream/{name}", endpoint)])
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
-    """The Starlette app, noting when each ASGI call returns."""
+    """The Starlette app, noting when the server reports a disconnect and when each ASGI
+    call returns."""
+    scenario = SCENARIOS[scope["path"].rsplit("/", 1)[1]]
+
+    async def noting_receive() -> Message:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scenario.disconnected.set()
+        return message
+
     try:
-        await starlette_app(scope, receive, send)
+        await starlette_app(scope, noting_receive, send)
     finally:
-        if scope["type"] == "http":
-            SCENARIOS[scope["path"].rsplit("/", 1)[1]].asgi_call_returned()
+        scenario.asgi_call_returned()
 
 
 class _Server(uvicorn.Server):
@@ -255,6 +264,7 @@ async def test_sync_source_disconnect_closes_after_the_blocked_read(base_url: st
     interrupted, but as soon as it returns the source is closed, CLOSED, before return."""
     scenario = register(Scenario(lambda s: s.sync_rows(["one\n"], hold=True)))
     assert await read_one_chunk_and_leave(base_url + scenario.name) == b"one\n"
+    assert await happened(scenario.disconnected)
     scenario.release.set()
     assert await happened(scenario.closed)
     assert await happened(scenario.returned)

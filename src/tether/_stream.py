@@ -1035,25 +1035,13 @@ class AsyncStream(Generic[T_co, C_co]):
             await cast("Coroutine[Any, Any, None]", iterator.aclose())  # type: ignore[attr-defined]
         return errors
 
-    def _interrupt(self) -> bool:
-        """Stop the stream from outside the consuming task (a client disconnect).
+    def _cancellation_means_closed(self) -> None:
+        """Report a cancellation that cuts this stream short as ``CLOSED``.
 
-        A pending read is cancelled in the reading task, which closes the source and
-        ends its loop quietly; returns ``True`` then. Otherwise the consumer is between
-        two reads: returns ``False``, and a cancellation delivered to it afterwards is
-        reported as ``CLOSED`` rather than ``CANCELLED``.
+        For a consumer that stops by cancelling the reading task's scope, such as a
+        response whose client disconnected.
         """
-        state = self._state
-        if state.phase is not _RUNNING:
-            return True
-        state.stop_outcome = StreamOutcome.CLOSED
-        if self._read_pending():
-            try:
-                state.cancel_pending_read()
-            except RuntimeError:
-                return False
-            return True
-        return False
+        self._state.stop_outcome = StreamOutcome.CLOSED
 
     @property
     def content(self) -> C_co:

@@ -199,7 +199,8 @@ class StreamingResponse(_StarletteStreamingResponse, Generic[ChunkT]):
         while message["type"] not in _DISCONNECTS:
             message = await receive()
         self._disconnected = True
-        # A pending read is cancelled in the request task, which then closes the source and
-        # ends the body quietly; between two reads, the body is cancelled where it waits.
-        if not self.stream._interrupt():
-            cancel_scope.cancel()
+        # The body is cancelled wherever it waits, in the request task: a pending read
+        # cancels the source there (and anyio's shields, such as a worker thread's read in
+        # progress, are respected); between two reads the source is closed after the group.
+        self.stream._cancellation_means_closed()
+        cancel_scope.cancel()
