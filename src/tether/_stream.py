@@ -997,7 +997,10 @@ class AsyncStream(Generic[T_co, C_co]):
         Closing an unfinished stream reports :attr:`StreamOutcome.CLOSED`; closing a
         finished one just returns its snapshot. May be called from another task while a
         read is pending: that read is cancelled in the reading task, which closes the
-        source and ends its loop quietly, and ``aclose()`` returns once it has.
+        source and ends its loop quietly, and ``aclose()`` returns once it has. On asyncio
+        the read is cancelled with ``Task.cancel()``, as ``asyncio.timeout`` does, so work
+        the source shields from anyio cancellation only (``anyio.to_thread.run_sync``) is
+        not waited for.
 
         Returns:
             The final snapshot.
