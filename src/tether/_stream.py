@@ -787,8 +787,56 @@ async def _aiterate(state: _StreamState[T, C]) -> AsyncIterator[T]:
 # -- the wrappers --------------------------------------------------------------------
 
 
+class _StreamView(Generic[T_co, C_co]):
+    """What :class:`Stream` and :class:`AsyncStream` share: the state they read from."""
+
+    __slots__ = ("__weakref__", "_iterator", "_state")
+
+    _iterator: Iterator[T_co] | AsyncIterator[T_co] | None
+
+    def __init__(self, state: _StreamState[T_co, C_co]) -> None:
+        self._state = state
+        self._iterator = None
+
+    @property
+    def content(self) -> C_co:
+        """The chunks so far, joined (``''.join`` / ``b''.join`` / ``join``).
+
+        Computed once per new chunk count and cached, so reading it after the loop costs
+        O(total size) once. Raises ``TypeError`` for chunks with no default join.
+        """
+        return self._state.content()
+
+    @property
+    def chunks(self) -> Sequence[T_co]:
+        """Every chunk received so far, in order (a live view: do not modify it)."""
+        return self._state.chunks
+
+    @property
+    def metrics(self) -> StreamMetrics:
+        """Counts and timings, as of now."""
+        return self._state.metrics()
+
+    @property
+    def outcome(self) -> StreamOutcome:
+        """How the stream ended, or :attr:`StreamOutcome.RUNNING`."""
+        return self._state.outcome
+
+    @property
+    def error(self) -> BaseException | None:
+        """The source's exception or the idle timeout that ended the stream, if any."""
+        return self._state.error
+
+    def __repr__(self) -> str:
+        state = self._state
+        return (
+            f"<tether.{type(self).__name__} {state.outcome.value} chunks={len(state.chunks)} "
+            f"created at {state.site}>"
+        )
+
+
 @final
-class Stream(Generic[T_co, C_co]):
+class Stream(_StreamView[T_co, C_co]):
     """A sync source being iterated, with its chunks, content and metrics kept.
 
     Made by :func:`accumulate`. Iterate it with ``for`` (more than once resumes where the
@@ -797,11 +845,8 @@ class Stream(Generic[T_co, C_co]):
     thread at a time.
     """
 
-    __slots__ = ("__weakref__", "_iterator", "_state")
-
-    def __init__(self, state: _StreamState[T_co, C_co]) -> None:
-        self._state = state
-        self._iterator: Iterator[T_co] | None = None
+    __slots__ = ()
+    _iterator: Iterator[T_co] | None
 
     def __iter__(self) -> Iterator[T_co]:
         iterator = self._iterator
@@ -878,42 +923,6 @@ class Stream(Generic[T_co, C_co]):
             # The state is finished, so the iterator's exit handler only returns.
             iterator.close()
 
-    @property
-    def content(self) -> C_co:
-        """The chunks so far, joined (``''.join`` / ``b''.join`` / ``join``).
-
-        Computed once per new chunk count and cached, so reading it after the loop costs
-        O(total size) once. Raises ``TypeError`` for chunks with no default join.
-        """
-        return self._state.content()
-
-    @property
-    def chunks(self) -> Sequence[T_co]:
-        """Every chunk received so far, in order (a live view: do not modify it)."""
-        return self._state.chunks
-
-    @property
-    def metrics(self) -> StreamMetrics:
-        """Counts and timings, as of now."""
-        return self._state.metrics()
-
-    @property
-    def outcome(self) -> StreamOutcome:
-        """How the stream ended, or :attr:`StreamOutcome.RUNNING`."""
-        return self._state.outcome
-
-    @property
-    def error(self) -> BaseException | None:
-        """The source's exception or the idle timeout that ended the stream, if any."""
-        return self._state.error
-
-    def __repr__(self) -> str:
-        state = self._state
-        return (
-            f"<tether.Stream {state.outcome.value} chunks={len(state.chunks)} "
-            f"created at {state.site}>"
-        )
-
     def __del__(self) -> None:
         state: _StreamState[T_co, C_co] | None = getattr(self, "_state", None)
         if state is None or state.phase is not _RUNNING:
@@ -937,7 +946,7 @@ class Stream(Generic[T_co, C_co]):
 
 
 @final
-class AsyncStream(Generic[T_co, C_co]):
+class AsyncStream(_StreamView[T_co, C_co]):
     """An async source being iterated, with its chunks, content and metrics kept.
 
     Made by :func:`accumulate`. Iterate it with ``async for``; use it in an
@@ -945,11 +954,8 @@ class AsyncStream(Generic[T_co, C_co]):
     as you stop. Works under asyncio (plain tasks and anyio cancel scopes) and trio.
     """
 
-    __slots__ = ("__weakref__", "_iterator", "_state")
-
-    def __init__(self, state: _StreamState[T_co, C_co]) -> None:
-        self._state = state
-        self._iterator: AsyncIterator[T_co] | None = None
+    __slots__ = ()
+    _iterator: AsyncIterator[T_co] | None
 
     def __aiter__(self) -> AsyncIterator[T_co]:
         iterator = self._iterator
@@ -1045,42 +1051,6 @@ class AsyncStream(Generic[T_co, C_co]):
         response whose client disconnected.
         """
         self._state.stop_outcome = StreamOutcome.CLOSED
-
-    @property
-    def content(self) -> C_co:
-        """The chunks so far, joined (``''.join`` / ``b''.join`` / ``join``).
-
-        Computed once per new chunk count and cached, so reading it after the loop costs
-        O(total size) once. Raises ``TypeError`` for chunks with no default join.
-        """
-        return self._state.content()
-
-    @property
-    def chunks(self) -> Sequence[T_co]:
-        """Every chunk received so far, in order (a live view: do not modify it)."""
-        return self._state.chunks
-
-    @property
-    def metrics(self) -> StreamMetrics:
-        """Counts and timings, as of now."""
-        return self._state.metrics()
-
-    @property
-    def outcome(self) -> StreamOutcome:
-        """How the stream ended, or :attr:`StreamOutcome.RUNNING`."""
-        return self._state.outcome
-
-    @property
-    def error(self) -> BaseException | None:
-        """The source's exception or the idle timeout that ended the stream, if any."""
-        return self._state.error
-
-    def __repr__(self) -> str:
-        state = self._state
-        return (
-            f"<tether.AsyncStream {state.outcome.value} chunks={len(state.chunks)} "
-            f"created at {state.site}>"
-        )
 
     def __del__(self) -> None:
         state: _StreamState[T_co, C_co] | None = getattr(self, "_state", None)
