@@ -29,6 +29,13 @@ KEY_LINES = [
     "log: top customers: ok in",
     "under its 1 s threshold, so it was not logged",
     "log: suppressed FileNotFoundError",
+    "the source was closed (rows) and the outcome is completed",
+    "wrote totals.csv in one piece from the accumulated content",
+    "a second write failed: [Errno 28] No space left on device (simulated)",
+    "totals.csv still holds the first report: yes; temporary files left behind: 0",
+    "the consumer found what it wanted after 3 rows and stopped",
+    "the source closed",
+    "on_complete saw closed after 3",
     "The demo's own scope removed the temporary directory: yes.",
 ]
 

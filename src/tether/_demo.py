@@ -11,6 +11,7 @@ Only the standard library is used, so the demo runs on a core install.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import tempfile
@@ -20,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO, TypeVar, final
 
+from ._files import atomic_write
 from ._scope import Scope, cleanup_errors
+from ._stream import StreamSnapshot, accumulate
 from ._suppress import suppress
 from ._timing import format_seconds, timed
 
@@ -178,11 +181,82 @@ def suppressing(tour: Tour) -> None:
     tour.say(f"the missing lock file was ignored, and kept: {ignored.suppressed!r}", level=2)
 
 
+def streaming_report(tour: Tour) -> None:
+    """Stream rows through ``accumulate``, keeping the text and metrics, then write the
+    report atomically: the file is replaced whole, or not at all."""
+    closed: list[str] = []
+
+    def csv_lines() -> Iterator[str]:
+        with closing(tour.connect()) as conn:
+            try:
+                query = "SELECT customer, round(sum(amount), 2) FROM orders GROUP BY customer"
+                for customer, total in conn.execute(query):
+                    yield f"{customer},{total}\n"
+            finally:
+                closed.append("rows")
+
+    report = tour.workdir / "totals.csv"
+    with accumulate(csv_lines()) as stream:
+        for _line in stream:
+            pass  # a real consumer would send each line on as it comes
+    m = stream.metrics
+    tour.say(
+        f"streamed {m.chunk_count} lines, {m.byte_count} bytes; the source was closed "
+        f"({', '.join(closed)}) and the outcome is {stream.outcome.value}",
+        level=2,
+    )
+    with atomic_write(report) as f:
+        f.write(stream.content)
+    tour.say(f"wrote {report.name} in one piece from the accumulated content", level=2)
+    try:
+        with atomic_write(report) as f:
+            f.write("half a report")
+            _fill_the_disk()
+    except OSError as error:
+        tour.say(f"a second write failed: {error}", level=2)
+    intact = report.read_text() == stream.content
+    leftovers = [p.name for p in tour.workdir.iterdir() if p.name.endswith(".tmp")]
+    tour.say(
+        f"{report.name} still holds the first report: {'yes' if intact else 'NO'}; "
+        f"temporary files left behind: {len(leftovers)}"
+    )
+
+
+def _fill_the_disk() -> None:
+    raise OSError(28, "No space left on device (simulated)")
+
+
+def abandoned_stream(tour: Tour) -> None:
+    """A consumer that stops early still closes the source, exactly once."""
+    events: list[str] = []
+
+    def export() -> Iterator[str]:
+        try:
+            for n in range(1_000_000):
+                yield json.dumps({"row": n})
+        finally:
+            events.append("the source closed")
+
+    def done(snapshot: StreamSnapshot[str, str]) -> None:
+        events.append(f"on_complete saw {snapshot.outcome.value} after {len(snapshot.chunks)}")
+
+    with accumulate(export(), on_complete=done) as stream:
+        for line in stream:
+            if line.endswith("2}"):
+                tour.say("the consumer found what it wanted after 3 rows and stopped", level=2)
+                break
+    for event in events:
+        tour.say(event, level=2)
+    tour.say(f"1,000,000 rows were never produced: the source ran {len(stream.chunks)}.")
+
+
 STEPS: list[Step] = [
     Step("A scope closes everything, last in first out", lifo_cleanup),
     Step("The body's error wins; a failed cleanup is attached, not lost", body_error_wins),
     Step("Timing queries with tether.timed", timing_queries),
     Step("Suppressing an expected error without losing it", suppressing),
+    Step("A streamed report, written atomically", streaming_report),
+    Step("A stream abandoned early is still closed", abandoned_stream),
 ]
 """The tour, in order. Each capability of tether adds its own step here."""
 
