@@ -919,7 +919,10 @@ class PoolCore(Generic[R]):
                         leaked.append(slot)
                     else:
                         next_due = min(next_due, due)
-        if self._failing and self.size < config.min_size:
+        if self._failing and (self.size < config.min_size or self._waiting):
+            if now >= self._retry_at and self._waiting:
+                # Waiters queued while the pool was failing: one may now probe.
+                self._offer_room(now)
             next_due = min(next_due, self._retry_at)
         return leaked, next_due
 
