@@ -21,10 +21,18 @@ from ._pool import Pool as Pool
 from ._pool_types import DurationSummary as DurationSummary
 from ._pool_types import Holder as Holder
 from ._pool_types import PoolStats as PoolStats
+from ._scope import AsyncScope as AsyncScope
+from ._scope import Scope as Scope
+from ._scope import cleanup_errors as cleanup_errors
+from ._suppress import Suppressor as Suppressor
+from ._suppress import suppress as suppress
+from ._timing import Timer as Timer
+from ._timing import timed as timed
 from ._version import __version__ as __version__
 
 __all__ = [
     "AsyncPool",
+    "AsyncScope",
     "CleanupError",
     "DurationSummary",
     "Holder",
@@ -34,7 +42,13 @@ __all__ = [
     "PoolStats",
     "PoolTimeout",
     "PoolUnavailable",
+    "Scope",
     "StreamIdleTimeout",
+    "Suppressor",
     "TetherError",
+    "Timer",
     "__version__",
+    "cleanup_errors",
+    "suppress",
+    "timed",
 ]

@@ -1,0 +1,233 @@
+"""``tether demo``: a guided tour of tether on a real SQLite file, in plain words.
+
+The tour is a list of steps (:data:`STEPS`), each a small function that receives the
+shared :class:`Tour` (a temporary working directory, the database path, and ``say`` for
+output) and shows one capability. A new capability adds its own step to the list. The
+whole tour runs inside a :class:`~tether.Scope` that owns the temporary directory, so
+the last thing it shows is that scope cleaning up after itself.
+
+Only the standard library is used, so the demo runs on a core install.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO, TypeVar, final
+
+from ._scope import Scope, cleanup_errors
+from ._suppress import suppress
+from ._timing import format_seconds, timed
+
+__all__ = ["STEPS", "Step", "Tour", "run_demo"]
+
+T = TypeVar("T")
+
+INDENT = "   "
+
+
+@final
+class Tour:
+    """What every step of the tour shares."""
+
+    def __init__(self, workdir: Path, out: TextIO, logger: logging.Logger) -> None:
+        self.workdir = workdir
+        self.database = workdir / "shop.db"
+        self.out = out
+        self.logger = logger
+        """A logger whose records are printed as part of the tour."""
+
+    def say(self, text: str = "", *, level: int = 1) -> None:
+        """Print one line of the tour, indented under its step."""
+        self.out.write(f"{INDENT * level}{text}\n" if text else "\n")
+
+    def connect(self) -> sqlite3.Connection:
+        """Open a connection to the tour's database."""
+        return sqlite3.connect(self.database)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of the tour: a title and the function that shows it."""
+
+    title: str
+    run: Callable[[Tour], None]
+
+
+@contextmanager
+def _announced(tour: Tour, cm: AbstractContextManager[T], opened: str, closed: str) -> Iterator[T]:
+    """Enter ``cm``, saying so, and say so again once it has been exited."""
+    with cm as value:
+        tour.say(opened, level=2)
+        yield value
+    tour.say(closed, level=3)
+
+
+def lifo_cleanup(tour: Tour) -> None:
+    """Open a connection and a file in a scope; they are closed last in, first out."""
+    with Scope(name="setup") as scope:
+        conn = scope.enter(
+            _announced(
+                tour,
+                closing(tour.connect()),
+                f"opened a connection to {tour.database.name}",
+                "closed the connection",
+            )
+        )
+        report = scope.enter(
+            _announced(
+                tour,
+                (tour.workdir / "orders.csv").open("w", encoding="utf-8"),
+                "opened orders.csv for writing",
+                "closed orders.csv (its data is now on disk)",
+            )
+        )
+        scope.callback(tour.say, "ran the callback registered last: 'goodbye'", level=3)
+        tour.say("registered a callback to run at the end", level=2)
+        with conn:
+            conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT, amount REAL)")
+            conn.executemany(
+                "INSERT INTO orders VALUES (?, ?, ?)",
+                [(1, "ada", 12.5), (2, "grace", 30.0), (3, "ada", 7.25)],
+            )
+        for row in conn.execute("SELECT * FROM orders ORDER BY id"):
+            report.write(",".join(map(str, row)) + "\n")
+        tour.say("created the table 'orders' with 3 rows and wrote them to orders.csv", level=2)
+        tour.say("leaving the scope; the cleanups run in reverse order:", level=2)
+    tour.say("every cleanup ran, newest first, and nothing was left open.")
+
+
+def body_error_wins(tour: Tour) -> None:
+    """A failing body and a failing cleanup: the body's error propagates, carrying the other."""
+
+    def upload_audit_log() -> None:
+        raise ConnectionError("audit server unreachable (simulated)")
+
+    try:
+        with Scope(name="import") as scope:
+            conn = scope.enter(closing(tour.connect()), name="connection")
+            scope.enter(conn, name="transaction")  # commits on success, rolls back on error
+            scope.callback(upload_audit_log, name="upload audit log")
+            tour.say(
+                "in one transaction: insert order 4, then order 1 again (a duplicate)", level=2
+            )
+            tour.say(
+                "cleanups, newest first: upload the audit log (it fails: the server is "
+                "unreachable), end the transaction, close the connection",
+                level=2,
+            )
+            conn.execute("INSERT INTO orders VALUES (4, 'linus', 99.0)")
+            conn.execute("INSERT INTO orders VALUES (1, 'ada', 12.5)")
+    except sqlite3.IntegrityError as error:
+        tour.say(f"the error that came out is the body's own: {_describe(error)}", level=2)
+        for cleanup_error in cleanup_errors(error):
+            tour.say(
+                f"the cleanup's failure is attached to it, not lost: {_describe(cleanup_error)}",
+                level=2,
+            )
+        for note in getattr(error, "__notes__", ()):
+            tour.say(f'and its traceback says: "{note}"', level=2)
+    with closing(tour.connect()) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM orders").fetchone()
+    tour.say(
+        f"the transaction saw the body's error and rolled back: still {count} orders, no order 4."
+    )
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def timing_queries(tour: Tour) -> None:
+    """Time a few queries with ``timed``; the log lines are printed as they are written."""
+    with closing(tour.connect()) as conn:
+        with timed("insert 2,000 orders", logger=tour.logger), conn:
+            conn.executemany(
+                "INSERT INTO orders (customer, amount) VALUES (?, ?)",
+                ((f"customer {n % 50}", n % 97 + 0.5) for n in range(2000)),
+            )
+
+        @timed("top customers", logger=tour.logger)
+        def top_customers() -> list[tuple[str, float]]:
+            return conn.execute(
+                "SELECT customer, sum(amount) AS total FROM orders "
+                "GROUP BY customer ORDER BY total DESC LIMIT 3"
+            ).fetchall()
+
+        best = top_customers()
+        tour.say(f"the decorated function returned {len(best)} rows; best: {best[0][0]}", level=2)
+        with timed("count orders", logger=tour.logger, threshold=1.0) as timer:
+            (count,) = conn.execute("SELECT count(*) FROM orders").fetchone()
+        tour.say(
+            f"counted {count} orders in {format_seconds(timer.elapsed)}: under its 1 s "
+            "threshold, so it was not logged",
+            level=2,
+        )
+
+
+def suppressing(tour: Tour) -> None:
+    """``suppress`` swallows only what it is told to, and keeps and logs it."""
+    lock = tour.workdir / "import.lock"
+    with suppress(FileNotFoundError, logger=tour.logger) as ignored:
+        lock.unlink()
+    tour.say(f"the missing lock file was ignored, and kept: {ignored.suppressed!r}", level=2)
+
+
+STEPS: list[Step] = [
+    Step("A scope closes everything, last in first out", lifo_cleanup),
+    Step("The body's error wins; a failed cleanup is attached, not lost", body_error_wins),
+    Step("Timing queries with tether.timed", timing_queries),
+    Step("Suppressing an expected error without losing it", suppressing),
+]
+"""The tour, in order. Each capability of tether adds its own step here."""
+
+
+class _PlainFormatter(logging.Formatter):
+    """Log lines for people following the tour: the message, no traceback."""
+
+    def formatException(self, ei: object) -> str:  # noqa: N802 - overrides logging's name
+        return ""
+
+
+def run_demo(out: TextIO) -> int:
+    """Run every step of the tour, printing to ``out``.
+
+    Returns:
+        The exit status: 0.
+    """
+    out.write("tether demo: deterministic cleanup, shown on a real SQLite database\n")
+    with Scope(name="demo") as scope:
+        workdir = Path(scope.enter(tempfile.TemporaryDirectory(prefix="tether-demo-")))
+        logger = scope.enter(_printing_logger(out))
+        tour = Tour(workdir, out, logger)
+        out.write(f"working in a temporary directory: {workdir}\n")
+        for number, step in enumerate(STEPS, start=1):
+            out.write(f"\n{number}. {step.title}\n")
+            step.run(tour)
+    gone = "yes" if not workdir.exists() else "NO"
+    out.write(f"\nThe demo's own scope removed the temporary directory: {gone}.\n")
+    out.write("Done: every resource opened above was released exactly once.\n")
+    return 0
+
+
+@contextmanager
+def _printing_logger(out: TextIO) -> Iterator[logging.Logger]:
+    """The ``tether.demo`` logger, printing to ``out`` while the tour runs, then restored."""
+    logger = logging.getLogger("tether.demo")
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(_PlainFormatter(f"{INDENT * 2}log: %(message)s"))
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]

@@ -1,0 +1,127 @@
+"""The ``tether`` command: --version, --help, and the demo (in process and as a program)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tether import __version__
+from tether._cli import main
+from tether._demo import STEPS, Step, Tour
+
+KEY_LINES = [
+    "tether demo: deterministic cleanup, shown on a real SQLite database",
+    "1. A scope closes everything, last in first out",
+    "ran the callback registered last: 'goodbye'",
+    "closed orders.csv (its data is now on disk)",
+    "closed the connection",
+    "the error that came out is the body's own: IntegrityError: UNIQUE constraint failed",
+    "the cleanup's failure is attached to it, not lost: ConnectionError",
+    "cleanup 'upload audit log' of scope 'import' also failed",
+    "rolled back: still 3 orders, no order 4.",
+    "log: insert 2,000 orders: ok in",
+    "log: top customers: ok in",
+    "under its 1 s threshold, so it was not logged",
+    "log: suppressed FileNotFoundError",
+    "The demo's own scope removed the temporary directory: yes.",
+]
+
+
+def lines_in_order(output: str, expected: list[str]) -> list[str]:
+    """The expected fragments that are missing from ``output`` or out of order."""
+    missing = []
+    position = 0
+    for fragment in expected:
+        found = output.find(fragment, position)
+        if found < 0:
+            missing.append(fragment)
+        else:
+            position = found + len(fragment)
+    return missing
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """``tether --version`` prints the version and exits 0."""
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out == f"tether {__version__}\n"
+
+
+def test_python_dash_m_tether_runs_the_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m tether`` is the same command, with its exit status."""
+    monkeypatch.setattr(sys, "argv", ["tether", "--version"])
+    with pytest.raises(SystemExit) as caught:
+        runpy.run_module("tether", run_name="__main__")
+    assert caught.value.code == 0
+    assert capsys.readouterr().out == f"tether {__version__}\n"
+
+
+def test_help_lists_the_demo(capsys: pytest.CaptureFixture[str]) -> None:
+    """``tether --help`` describes the command and lists ``demo``; exit status 0."""
+    with pytest.raises(SystemExit) as caught:
+        main(["--help"])
+    assert caught.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: tether")
+    assert re.search(r"demo\s+a guided tour on an embedded SQLite database", out)
+
+
+def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a command, usage goes to stderr and the exit status is 2."""
+    with pytest.raises(SystemExit) as caught:
+        main([])
+    assert caught.value.code == 2
+    assert "required: COMMAND" in capsys.readouterr().err
+
+
+def test_demo_in_process_tells_the_story_and_cleans_up(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The demo prints each step's key lines in order, exits 0, and leaves nothing behind."""
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert lines_in_order(out, KEY_LINES) == []
+    workdir = re.search(r"working in a temporary directory: (.+)", out)
+    assert workdir is not None
+    assert not Path(workdir.group(1)).exists()
+    logger = logging.getLogger("tether.demo")
+    assert (logger.handlers, logger.propagate, logger.level) == ([], True, logging.NOTSET)
+
+
+def test_demo_steps_are_a_list_new_capabilities_extend(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A step appended to ``STEPS`` is numbered and run with the shared tour."""
+    seen: list[Path] = []
+
+    def extra(tour: Tour) -> None:
+        seen.append(tour.database)
+        tour.say("the extra step ran")
+
+    monkeypatch.setattr("tether._demo.STEPS", [*STEPS, Step("An extra step", extra)])
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(STEPS) + 1}. An extra step\n   the extra step ran\n" in out
+    assert [path.name for path in seen] == ["shop.db"]
+
+
+def test_demo_as_a_program_with_warnings_as_errors() -> None:
+    """``python -m tether demo`` succeeds with warnings as errors and prints the tour."""
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-X", "dev", "-m", "tether", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert lines_in_order(result.stdout, KEY_LINES) == []
