@@ -574,6 +574,7 @@ class PoolCore(Generic[R]):
         """
         self.check_failures += 1
         self._take_back(slot)
+        waiter.grant = None  # the retired slot; a stale grant would be mistaken for a new one
         if self.state is not OPEN:
             return self._closed_error()
         return self._serve(waiter, now)
