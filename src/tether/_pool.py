@@ -321,6 +321,9 @@ class Pool(PoolShell[R]):
             self._poke_housekeeper()
             raise
         with self._lock:
+            # The creating thread is awake: nothing must release its sleeper again (it may
+            # already have been released, if the permit came just as the wait timed out).
+            waiter.handle = None
             slot = self._core.created(resource, _monotonic(), waiter)
         self._flush()
         if waiter.grant is slot:
