@@ -18,6 +18,7 @@ from typing import Final, Generic, TypeVar, cast, final
 
 from ._pool_base import DEFAULT, PoolShell, logger
 from ._pool_core import CLOSED, CREATE, OPEN, Slot, Waiter, _Create
+from ._pool_types import Holder, PoolStats
 from ._sites import user_code
 
 __all__ = ["Pool"]
@@ -185,6 +186,22 @@ class Pool(PoolShell[R]):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    # ------------------------------------------------------------------ reporting
+
+    def stats(self) -> PoolStats:
+        """A frozen snapshot of the pool's state and counters."""
+        with self._lock:  # taken while other threads change the resources it counts
+            return self._core.stats()
+
+    def holders(self) -> list[Holder[R]]:
+        """Who holds the pool's resources right now, longest-held first.
+
+        Each :class:`~tether.Holder` gives the resource, how long it has been held, where it
+        was acquired (``file:line`` in your code) and by which thread.
+        """
+        with self._lock:
+            return self._core.holders(_monotonic())
 
     # ------------------------------------------------------------------ acquire
 

@@ -171,7 +171,7 @@ class PoolShell(Generic[R]):
         )
 
     def _report_held_at_close(self) -> None:
-        holders = self._core.holders(time.monotonic())
+        holders = self.holders()
         if holders:
             logger.warning(
                 "pool %r closed while %d resource(s) were still held; each is destroyed "
