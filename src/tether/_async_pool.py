@@ -276,6 +276,8 @@ class AsyncPool(PoolShell[R]):
                 nothing in the pool changes.
         """
         slot = self._core.slot_of(resource)
+        if slot is not None and not slot.held:
+            slot = None  # given back already: refused before reset can touch it
         if slot is None:
             if self.closed:
                 return
@@ -375,6 +377,12 @@ class AsyncPool(PoolShell[R]):
         self, slot: Slot[R], lease: int, error: BaseException | None, *, broken: bool = False
     ) -> None:
         """Reset and return a resource; ``error`` is what the holder's block raised."""
+        if slot.lease != lease:
+            # Given back already (or reclaimed by a close that timed out), and perhaps
+            # handed to someone else since: not this caller's to reset. The core refuses
+            # the return, or accepts a reclaimed one silently.
+            self._core.release(slot, lease, _monotonic())
+            return
         if error is not None and not broken and self._is_broken is not None:
             broken = self._judge(error)
         reset = self._reset

@@ -248,6 +248,8 @@ class Pool(PoolShell[R]):
         """
         with self._lock:
             slot = self._core.slot_of(resource)
+            if slot is not None and not slot.held:
+                slot = None  # given back already: refused before reset can touch it
         if slot is None:
             if self.closed:
                 return
@@ -367,6 +369,13 @@ class Pool(PoolShell[R]):
         self, slot: Slot[R], lease: int, error: BaseException | None, *, broken: bool = False
     ) -> None:
         """Reset and return a resource; ``error`` is what the holder's block raised."""
+        if slot.lease != lease:
+            # Given back already (or reclaimed by a close that timed out), and perhaps
+            # handed to someone else since: not this caller's to reset. The core refuses
+            # the return, or accepts a reclaimed one silently.
+            with self._lock:
+                self._core.release(slot, lease, _monotonic())
+            return
         if error is not None and not broken and self._is_broken is not None:
             broken = self._judge(error)
         reset = self._reset
