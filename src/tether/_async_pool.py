@@ -22,7 +22,7 @@ from typing import Final, Generic, TypeVar, cast, final
 
 from ._aio import run_shielded
 from ._pool_base import DEFAULT, PoolShell, logger
-from ._pool_core import CLOSED, CREATE, OPEN, Slot, Waiter, _Create
+from ._pool_core import CLOSED, CREATE, OPEN, Slot, Waiter, _Create, timeout_or_none
 from ._sites import user_code
 
 __all__ = ["AsyncPool"]
@@ -184,7 +184,11 @@ class AsyncPool(PoolShell[R]):
         Args:
             timeout: wait up to this many seconds for held resources to be returned, then
                 destroy them anyway. ``None`` does not wait for them.
+
+        Raises:
+            ValueError: ``timeout`` is negative.
         """
+        timeout = timeout_or_none("timeout", timeout)
         core = self._core
         if core.state is CLOSED:
             return
@@ -239,10 +243,13 @@ class AsyncPool(PoolShell[R]):
             PoolTimeout: nothing became free in time.
             PoolClosed: the pool is closed or not open.
             PoolUnavailable: the pool is failing to create resources right now.
+            ValueError: ``timeout`` is negative.
         """
         # The caller's code object and instruction offset are enough to find the line
         # later, when somebody asks; reading the line number now would cost more than the
         # rest of the fast path.
+        if timeout is not DEFAULT:
+            self._resolve_timeout(timeout)  # refuse bad input here, even on the fast path
         frame = _getframe(1)
         return _Acquire(self, timeout, frame.f_code, frame.f_lasti)
 
@@ -253,7 +260,10 @@ class AsyncPool(PoolShell[R]):
             PoolTimeout: nothing became free in time.
             PoolClosed: the pool is closed or not open.
             PoolUnavailable: the pool is failing to create resources right now.
+            ValueError: ``timeout`` is negative.
         """
+        if timeout is not DEFAULT:
+            self._resolve_timeout(timeout)
         code, offset = user_code(1)
         slot = self._core.take(_monotonic())
         if slot is None:

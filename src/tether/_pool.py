@@ -17,7 +17,7 @@ from types import CodeType, TracebackType
 from typing import Final, Generic, TypeVar, cast, final
 
 from ._pool_base import DEFAULT, PoolShell, logger
-from ._pool_core import CLOSED, CREATE, OPEN, Slot, Waiter, _Create
+from ._pool_core import CLOSED, CREATE, OPEN, Slot, Waiter, _Create, timeout_or_none
 from ._pool_types import Holder, PoolStats
 from ._sites import user_code
 
@@ -153,7 +153,11 @@ class Pool(PoolShell[R]):
         Args:
             timeout: wait up to this many seconds for held resources to be returned, then
                 destroy them anyway. ``None`` does not wait for them.
+
+        Raises:
+            ValueError: ``timeout`` is negative.
         """
+        timeout = timeout_or_none("timeout", timeout)
         core = self._core
         with self._lock:
             if core.state is CLOSED:
@@ -220,7 +224,10 @@ class Pool(PoolShell[R]):
             PoolTimeout: nothing became free in time.
             PoolClosed: the pool is closed or not open.
             PoolUnavailable: the pool is failing to create resources right now.
+            ValueError: ``timeout`` is negative.
         """
+        if timeout is not DEFAULT:
+            self._resolve_timeout(timeout)  # refuse bad input here, even on the fast path
         frame = _getframe(1)
         return _Acquire(self, timeout, frame.f_code, frame.f_lasti)
 
@@ -231,7 +238,10 @@ class Pool(PoolShell[R]):
             PoolTimeout: nothing became free in time.
             PoolClosed: the pool is closed or not open.
             PoolUnavailable: the pool is failing to create resources right now.
+            ValueError: ``timeout`` is negative.
         """
+        if timeout is not DEFAULT:
+            self._resolve_timeout(timeout)
         code, offset = user_code(1)
         return self._take(timeout, code, offset)[0].resource
 
