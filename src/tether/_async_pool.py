@@ -438,6 +438,7 @@ class AsyncPool(PoolShell[R]):
             doomed, core.doomed = core.doomed, []
             for slot in doomed:
                 self._start_destroy(slot)
+            self._refill()  # back to min_size, for those already destroyed
         if core.state is not OPEN and not core.held_count and self._drained:
             self._drained.set()
 
@@ -490,6 +491,7 @@ class AsyncPool(PoolShell[R]):
         if not task.cancelled() and (error := task.exception()) is not None:
             self._report_destroy_error(slot.resource, error)
         self._core.destroyed(slot, _monotonic())
+        self._refill()
         self._flush()
 
     def _spawn(self, coro: Awaitable[object]) -> asyncio.Task[object]:

@@ -109,6 +109,9 @@ class Pool(PoolShell[R]):
         self._changed = threading.Condition(self._lock)
         """Notified when resources come back to a closing pool, or the housekeeper is
         needed sooner than it planned."""
+        self._pokes = 0
+        """How many times the housekeeper was asked for an early round; it compares this
+        under the lock before sleeping, so that no request made while it works is lost."""
         self._housekeeper: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -163,7 +166,7 @@ class Pool(PoolShell[R]):
             if core.state is CLOSED:
                 return
             core.close()
-            self._changed.notify_all()
+            self._notify()
         self._flush()
         housekeeper, self._housekeeper = self._housekeeper, None
         if housekeeper is not None and housekeeper is not threading.current_thread():
@@ -438,24 +441,30 @@ class Pool(PoolShell[R]):
                 self._report_destroy_error(slot.resource, error)
         with self._lock:
             self._core.destroyed(slot, _monotonic())
-            if self._core.state is not OPEN:
-                self._changed.notify_all()
+            self._notify()  # a closing pool may be done; an open one may need a refill
         self._flush()
 
-    def _refill(self) -> None:
-        """Create what ``min_size`` asks for, in the calling (housekeeping) thread."""
+    def _refill(self) -> bool:
+        """Create what ``min_size`` asks for, in the calling (housekeeping) thread.
+
+        Returns:
+            whether a creation failed (and a retry must be scheduled).
+        """
+        failed = False
         with self._lock:
             count = self._core.refill(_monotonic())
         for _ in range(count):
             try:
                 resource = self._create()
             except Exception as error:  # noqa: BLE001 - recorded; retried after backoff
+                failed = True
                 with self._lock:
                     self._core.create_failed(error, _monotonic(), None)
             else:
                 with self._lock:
                     self._core.created(resource, _monotonic(), None)
             self._flush()
+        return failed
 
     def _start_housekeeper(self) -> None:
         self._housekeeper = threading.Thread(
@@ -468,7 +477,12 @@ class Pool(PoolShell[R]):
 
     def _poke_housekeeper(self) -> None:
         with self._lock:
-            self._changed.notify_all()
+            self._notify()
+
+    def _notify(self) -> None:
+        """Under the lock: wake the housekeeper, and whoever waits in close(timeout)."""
+        self._pokes += 1
+        self._changed.notify_all()
 
     def _forget_shell_state(self) -> None:
         self._lock = threading.Lock()
@@ -487,7 +501,7 @@ class Pool(PoolShell[R]):
         """
         with self._lock:
             self._core.resize(min_size, max_size, _monotonic())
-            self._changed.notify_all()
+            self._notify()
         self._flush()
 
 
@@ -508,15 +522,19 @@ def _housekeep(pool_ref: weakref.ref[Pool[R]]) -> None:
         with pool._lock:
             if pool._core.state is not OPEN:
                 return
+            pokes = pool._pokes
             now = _monotonic()
             leaked, next_due = pool._core.maintain(now)
         pool._report_leaks(leaked, now)
         pool._flush()
-        pool._refill()
+        if pool._refill():
+            continue  # the next round schedules the retry
         delay = min(next_due - _monotonic(), pool._tick, 60.0)
         changed = pool._changed
-        del pool  # sleep without keeping the pool alive
         with changed:
+            if pool._pokes != pokes:
+                continue  # asked for another round meanwhile (a close, a destruction...)
+            del pool  # sleep without keeping the pool alive
             changed.wait(max(delay, 0.001))
 
 
