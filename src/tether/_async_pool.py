@@ -71,7 +71,8 @@ class AsyncPool(PoolShell[R]):
             if it fails, the resource is destroyed. A sync ``reset`` may return an
             awaitable when it has work to do, so that clean resources cost no await.
         is_broken: given an exception raised inside ``acquire()``, says whether the
-            resource must be destroyed instead of reused.
+            resource must be destroyed instead of reused; sync or async (run shielded
+            from cancellation, like ``reset`` after a failed block).
         min_size: resources kept ready (created on open, refilled in the background).
         max_size: the most resources in existence at once, counting those being created
             or destroyed.
@@ -101,7 +102,7 @@ class AsyncPool(PoolShell[R]):
         destroy: Callable[[R], object] | None = None,
         check: Callable[[R], object] | None = None,
         reset: Callable[[R], object] | None = None,
-        is_broken: Callable[[BaseException], bool] | None = None,
+        is_broken: Callable[[BaseException], bool | Awaitable[bool]] | None = None,
         min_size: int = 0,
         max_size: int = 10,
         acquire_timeout: float | None = 30.0,
@@ -394,7 +395,13 @@ class AsyncPool(PoolShell[R]):
             self._core.release(slot, lease, _monotonic())
             return
         if error is not None and not broken and self._is_broken is not None:
-            broken = self._judge(error)
+            try:
+                broken = await self._judge(error)
+            except asyncio.CancelledError:
+                # Cancelled again while an async is_broken ran: the verdict is unknown.
+                self._core.release(slot, lease, _monotonic(), broken=True)
+                self._flush()
+                raise
         reset = self._reset
         if reset is not None and not broken:
             try:
@@ -414,11 +421,15 @@ class AsyncPool(PoolShell[R]):
         self._core.release(slot, lease, _monotonic(), broken=broken)
         self._flush()
 
-    def _judge(self, error: BaseException) -> bool:
+    async def _judge(self, error: BaseException) -> bool:
         is_broken = self._is_broken
         assert is_broken is not None
         try:
-            return bool(is_broken(error))
+            verdict: object = is_broken(error)
+            if inspect.isawaitable(verdict):
+                # The block failed or was cancelled: judging it must not be.
+                verdict = await run_shielded(_awaited(verdict))
+            return bool(verdict)
         except Exception:  # noqa: BLE001 - when in doubt, do not reuse the resource
             logger.warning("pool %r: is_broken raised; destroying the resource", self.name)
             return True
