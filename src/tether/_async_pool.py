@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -36,6 +37,7 @@ _current_tasks: Final[dict[asyncio.AbstractEventLoop | None, object] | None] = g
     asyncio.tasks, "_current_tasks", None
 )
 _getframe: Final = sys._getframe
+_thread_ident: Final = threading.get_ident
 
 
 def _current_task_of(loop: asyncio.AbstractEventLoop | None) -> object:
@@ -137,6 +139,9 @@ class AsyncPool(PoolShell[R]):
         self._reset = reset
         self._is_broken = is_broken
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        """The thread the loop runs in: with a task of the loop running, it tells the
+        fast path (cheaply) that the caller is on the pool's loop."""
         self._tasks: set[asyncio.Task[object]] = set()
         self._creations: set[asyncio.Task[object]] = set()
         self._housekeeper: asyncio.Task[None] | None = None
@@ -157,12 +162,7 @@ class AsyncPool(PoolShell[R]):
             PoolClosed: the pool was already opened or closed.
         """
         self._core.open()
-        loop = self._loop = asyncio.get_running_loop()
-        self._poke = asyncio.Event()
-        self._drained = asyncio.Event()
-        self._housekeeper = loop.create_task(
-            _housekeep(weakref.ref(self), self._poke), name=f"tether pool {self.name!r}"
-        )
+        self._serve_on(asyncio.get_running_loop())
         if not wait:
             self._refill()
             return
@@ -174,6 +174,16 @@ class AsyncPool(PoolShell[R]):
         if errors:
             await self.close()
             raise errors[0]  # type: ignore[misc]
+
+    def _serve_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind the pool to ``loop`` and start its housekeeper there."""
+        self._loop = loop
+        self._loop_thread = _thread_ident()
+        self._poke = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._housekeeper = loop.create_task(
+            _housekeep(weakref.ref(self), self._poke), name=f"tether pool {self.name!r}"
+        )
 
     async def close(self, timeout: float | None = None) -> None:
         """Close the pool.
@@ -245,6 +255,7 @@ class AsyncPool(PoolShell[R]):
             PoolClosed: the pool is closed or not open.
             PoolUnavailable: the pool is failing to create resources right now.
             ValueError: ``timeout`` is negative.
+            RuntimeError: called from another event loop than the pool's.
         """
         # The caller's code object and instruction offset are enough to find the line
         # later, when somebody asks; reading the line number now would cost more than the
@@ -262,15 +273,20 @@ class AsyncPool(PoolShell[R]):
             PoolClosed: the pool is closed or not open.
             PoolUnavailable: the pool is failing to create resources right now.
             ValueError: ``timeout`` is negative.
+            RuntimeError: called from another event loop than the pool's.
         """
         if timeout is not DEFAULT:
             self._resolve_timeout(timeout)
         code, offset = user_code(1)
-        slot = self._core.take(_monotonic())
+        owner = _task_of(self._loop)
+        if owner is not None and _thread_ident() == self._loop_thread:
+            slot = self._core.take(_monotonic())
+        else:
+            slot = None
         if slot is None:
             slot = await self._acquire(timeout, code, offset)
         else:
-            slot.owner = asyncio.current_task()
+            slot.owner = owner
             slot.site_code = code
             slot.site_offset = offset
         return slot.resource
@@ -285,6 +301,7 @@ class AsyncPool(PoolShell[R]):
         Raises:
             ValueError: the resource is not held from this pool (or was already returned);
                 nothing in the pool changes.
+            RuntimeError: called from another event loop than the pool's.
         """
         slot = self._core.slot_of(resource)
         if slot is not None and not slot.held:
@@ -293,6 +310,7 @@ class AsyncPool(PoolShell[R]):
             if self.closed:
                 return
             raise ValueError(f"{resource!r} is not held from pool {self.name!r}")
+        self._bound_loop()
         await self._give_back(slot, slot.lease, None, broken=broken)
 
     async def _acquire(
@@ -521,6 +539,11 @@ class AsyncPool(PoolShell[R]):
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             if self._loop is None:
+                if self._core.state is OPEN:
+                    # Inherited through fork(): the parent's loop does not run in this
+                    # process, so serve on this one (with resources of this process).
+                    self._serve_on(loop)
+                    return loop
                 raise self._core._closed_error()
             raise RuntimeError(
                 f"pool {self.name!r} belongs to the event loop it was opened on and cannot "
@@ -530,7 +553,9 @@ class AsyncPool(PoolShell[R]):
 
     def _forget_shell_state(self) -> None:
         self._tasks = set()
+        self._creations = set()
         self._housekeeper = None
+        self._poke = self._drained = None
         self._loop = None
 
     def resize(self, *, min_size: int | None = None, max_size: int | None = None) -> None:
@@ -601,11 +626,17 @@ class _Acquire(Generic[R]):
 
     async def __aenter__(self) -> R:
         pool = self._pool
-        slot = pool._core.take(_monotonic())
+        owner = _task_of(pool._loop)
+        # Only a task of the pool's own loop, in the loop's thread, may take the fast
+        # path; anywhere else the slow path says what is wrong.
+        if owner is not None and _thread_ident() == pool._loop_thread:
+            slot = pool._core.take(_monotonic())
+        else:
+            slot = None
         if slot is None:
             slot = await pool._acquire(self._timeout, self._site_code, self._site_offset)
         else:
-            slot.owner = _task_of(pool._loop)
+            slot.owner = owner
             slot.site_code = self._site_code
             slot.site_offset = self._site_offset
         self._slot = slot
