@@ -297,7 +297,13 @@ class PoolCoreMachine(RuleBasedStateMachine):
         assert next_due > self.now or math.isinf(next_due) or core._failing
         for slot in leaked:
             assert slot.held
-            holder = [c for c in self.live("holding") if c.slot is slot]
+            # A slot is held from its hand-out: also while its caller checks it, or has
+            # been woken with it but not yet resumed.
+            holder = [
+                c
+                for c in self.live("holding") + self.live("checking") + self.live("granted")
+                if (c.waiter.grant if c.state == "granted" else c.slot) is slot
+            ]
             assert len(holder) == 1
         self._drain()
 
