@@ -421,3 +421,29 @@ PoolCoreMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestPoolCore = PoolCoreMachine.TestCase
+
+
+def test_idle_resources_kept_for_min_size_are_not_due_for_maintenance() -> None:
+    """A resource idle past max_idle but kept because of min_size does not make the next
+    maintenance due at once (the housekeepers would wake every millisecond)."""
+    core: PoolCore[object] = PoolCore(
+        PoolConfig(
+            name="kept",
+            min_size=1,
+            max_size=2,
+            max_lifetime=None,
+            max_idle=2.0,
+            max_uses=None,
+            check_after=1.0,
+            leak_timeout=None,
+            has_check=False,
+            retry_delay=(0.1, 1.0),
+        ),
+        jitter=lambda: 0.0,
+    )
+    core.open()
+    assert core.refill(0.0) == 1
+    core.created(object(), 0.0, None)
+    leaked, next_due = core.maintain(3.0)
+    assert (leaked, core.idle_count) == ([], 1)
+    assert next_due > 3.0

@@ -907,7 +907,9 @@ class PoolCore(Generic[R]):
                     surplus -= 1
                     continue
                 kept.append(slot)
-                next_due = min(next_due, slot.expires_at, idle_until)
+                next_due = min(next_due, slot.expires_at)
+                if idle_until > now:  # past it, the slot is kept for min_size: not due
+                    next_due = min(next_due, idle_until)
             self._idle = kept
         leaked: list[Slot[R]] = []
         leak_timeout = config.leak_timeout
