@@ -346,11 +346,18 @@ class Pool(PoolShell[R]):
         """Create a resource under a permit, for ``waiter`` (the calling thread)."""
         try:
             resource = self._create()
-        except BaseException as error:
+        except Exception as error:
             with self._lock:
                 self._core.create_failed(error, _monotonic(), None)
             self._flush()
             self._poke_housekeeper()
+            raise
+        except BaseException:
+            # Interrupted (KeyboardInterrupt): not a failure to create, and no reason to
+            # back off; the permit passes to the next caller.
+            with self._lock:
+                self._core.cancel_wait(waiter, _monotonic(), timed_out=False)
+            self._flush()
             raise
         with self._lock:
             # The creating thread is awake: nothing must release its sleeper again (it may
