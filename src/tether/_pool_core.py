@@ -685,8 +685,9 @@ class PoolCore(Generic[R]):
         """A creation failed: enter the failing state and schedule the next attempt.
 
         ``waiter``, the caller that needed the resource (if it is still there), is woken
-        with the real error.
+        with the real error, which gets a note naming the pool.
         """
+        error.add_note(f"(while pool {self.config.name!r} was creating a resource)")
         if waiter is not None and not waiter.cancelled:
             self._wake(waiter, error)
         self._creating -= 1
