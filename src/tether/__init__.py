@@ -17,6 +17,8 @@ from ._exceptions import PoolTimeout as PoolTimeout
 from ._exceptions import PoolUnavailable as PoolUnavailable
 from ._exceptions import StreamIdleTimeout as StreamIdleTimeout
 from ._exceptions import TetherError as TetherError
+from ._files import atomic_write as atomic_write
+from ._files import atomic_write_async as atomic_write_async
 from ._pool import Pool as Pool
 from ._pool_types import DurationSummary as DurationSummary
 from ._pool_types import Holder as Holder
@@ -48,6 +50,8 @@ __all__ = [
     "TetherError",
     "Timer",
     "__version__",
+    "atomic_write",
+    "atomic_write_async",
     "cleanup_errors",
     "suppress",
     "timed",
