@@ -297,7 +297,12 @@ class PoolCoreMachine(RuleBasedStateMachine):
         assert next_due > self.now or math.isinf(next_due) or core._failing
         for slot in leaked:
             assert slot.held
-            holder = [c for c in self.live("holding") if c.slot is slot]
+            holder = [
+                c
+                for c in self.callers
+                if (c.state in ("holding", "checking") and c.slot is slot)
+                or (c.state == "granted" and c.waiter.grant is slot)
+            ]
             assert len(holder) == 1
         self._drain()
 
@@ -382,6 +387,12 @@ class PoolCoreMachine(RuleBasedStateMachine):
         )
         assert core.destroyed_count == len(self.destroyed)
         assert {id(s) for s in idle}.isdisjoint({id(s) for s in held})
+
+    @invariant()
+    def waiting_count_matches_the_queue(self) -> None:
+        if self.core is not None:
+            live = [w for w in self.core._waiters if not w.cancelled and w.grant is None]
+            assert self.core.waiting_count == len(live) == len(self.live("queued"))
 
     @invariant()
     def nothing_idle_while_anyone_waits(self) -> None:

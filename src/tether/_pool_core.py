@@ -574,6 +574,7 @@ class PoolCore(Generic[R]):
         """
         self.check_failures += 1
         self._take_back(slot)
+        waiter.grant = None
         if self.state is not OPEN:
             return self._closed_error()
         return self._serve(waiter, now)
@@ -884,7 +885,10 @@ class PoolCore(Generic[R]):
             self._doom(self._idle.popleft())
         self._restabilize()
         while self._waiting and self.state is OPEN and self.size < new_max:
+            woken = len(self.woken)
             self._offer_room(now)
+            if len(self.woken) == woken:
+                break
 
     def maintain(self, now: float) -> tuple[list[Slot[R]], float]:
         """Periodic work: retire idle resources that expired or idled too long.
