@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import os
 import socket
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -105,3 +106,12 @@ def redis_url() -> str:
     except redis.RedisError as exc:
         service_unavailable(f"Redis at {url} did not answer PING: {exc}")
     return url
+
+
+# -- Fault-test infrastructure (tests/infra) ----------------------------------------------
+# A TCP proxy that cuts connections, a private PostgreSQL to stop and kill, and PgBouncer:
+# the fixtures ``tcp_proxy``, ``private_postgres``, ``pgbouncer`` and ``pgbouncer_dsn`` live
+# in tests/infra/fixtures.py. The check keeps this file usable on its own: some tests copy
+# it, without the package, into a pytester sandbox.
+if (Path(__file__).parent / "infra" / "fixtures.py").is_file():
+    pytest_plugins.append("infra.fixtures")

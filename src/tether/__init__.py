@@ -26,6 +26,12 @@ from ._pool_types import PoolStats as PoolStats
 from ._scope import AsyncScope as AsyncScope
 from ._scope import Scope as Scope
 from ._scope import cleanup_errors as cleanup_errors
+from ._stream import AsyncStream as AsyncStream
+from ._stream import Stream as Stream
+from ._stream import StreamMetrics as StreamMetrics
+from ._stream import StreamOutcome as StreamOutcome
+from ._stream import StreamSnapshot as StreamSnapshot
+from ._stream import accumulate as accumulate
 from ._suppress import Suppressor as Suppressor
 from ._suppress import suppress as suppress
 from ._timing import Timer as Timer
@@ -35,6 +41,7 @@ from ._version import __version__ as __version__
 __all__ = [
     "AsyncPool",
     "AsyncScope",
+    "AsyncStream",
     "CleanupError",
     "DurationSummary",
     "Holder",
@@ -45,11 +52,16 @@ __all__ = [
     "PoolTimeout",
     "PoolUnavailable",
     "Scope",
+    "Stream",
     "StreamIdleTimeout",
+    "StreamMetrics",
+    "StreamOutcome",
+    "StreamSnapshot",
     "Suppressor",
     "TetherError",
     "Timer",
     "__version__",
+    "accumulate",
     "atomic_write",
     "atomic_write_async",
     "cleanup_errors",
