@@ -231,7 +231,9 @@ class PoolCoreMachine(RuleBasedStateMachine):
         caller = data.draw(st.sampled_from(self.live("holding")))
         assert caller.slot is not None
         if kind == "give_back":
-            core.give_back(caller.slot, caller.lease, self.now)
+            handed_to = core.give_back(caller.slot, caller.lease, self.now)
+            if isinstance(handed_to, Waiter):
+                core.woken.append(handed_to)  # the shell wakes it, as for any other
         else:
             core.release(caller.slot, caller.lease, self.now, broken=kind == "broken")
         caller.state = "returned"

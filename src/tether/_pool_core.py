@@ -50,6 +50,7 @@ being handed out again.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from collections.abc import Callable
@@ -178,14 +179,28 @@ class Slot(Generic[R]):
         return f"<Slot {status} lease={self.lease} {self.resource!r}>"
 
 
-@final
 class Waiter(Generic[R]):
     """A caller asking for a resource, with the shell's means of waking it in ``handle``.
 
-    ``since`` is when the caller started asking; its wait is measured from there.
+    ``since`` is when the caller started asking (its wait is measured from there);
+    ``deadline`` is when the core gives up on it with a :class:`~tether.PoolTimeout`
+    (``inf``: never; a shell that times waiters out by itself leaves it at ``inf``).
+    A shell may subclass it to save an allocation, as long as it sets every field
+    before handing it to the core.
     """
 
-    __slots__ = ("cancelled", "grant", "handle", "owner", "since", "site_code", "site_offset")
+    __slots__ = (
+        "cancelled",
+        "deadline",
+        "grant",
+        "handle",
+        "owner",
+        "since",
+        "site_code",
+        "site_offset",
+    )
+
+    grant: Slot[R] | _Create | BaseException | None
 
     def __init__(
         self,
@@ -194,14 +209,56 @@ class Waiter(Generic[R]):
         site_code: CodeType | None,
         site_offset: int,
         since: float,
+        *,
+        deadline: float = INF,
     ) -> None:
         self.handle = handle
         self.owner = owner
         self.site_code = site_code
         self.site_offset = site_offset
         self.since = since
-        self.grant: Slot[R] | _Create | BaseException | None = None
+        self.deadline = deadline
+        self.grant = None
         self.cancelled = False
+
+
+@final
+class Durations:
+    """Durations recorded at the cost of one ``list.append``.
+
+    The hot paths append to :attr:`recent`, and call :meth:`fold` once it holds
+    :data:`WINDOW` samples; folding adds them to the running count, total and maximum and
+    keeps them as the previous window, so that percentiles come from the last one or two
+    windows.
+    """
+
+    __slots__ = ("count", "largest", "previous", "recent", "total")
+
+    def __init__(self) -> None:
+        self.recent: list[float] = []
+        self.previous: list[float] = []
+        self.count = 0
+        self.total = 0.0
+        self.largest = 0.0
+
+    def fold(self) -> None:
+        """Move :attr:`recent` into the running figures."""
+        recent = self.recent
+        if recent:
+            self.count += len(recent)
+            self.total += sum(recent)
+            self.largest = max(self.largest, *recent)
+            self.previous = recent
+            self.recent = []
+
+    def summary(self, *, count: int, zeros: int = 0) -> DurationSummary:
+        """Summarise ``count`` durations: the recorded ones plus ``zeros`` zero ones."""
+        recent = self.recent
+        total = self.total + sum(recent)
+        largest = max(self.largest, *recent) if recent else self.largest
+        return DurationSummary.of(
+            self.previous + recent, count=count, total=total, largest=largest, zeros=zeros
+        )
 
 
 @final
@@ -329,10 +386,18 @@ class PoolCore(Generic[R]):
         self.woken: list[Waiter[R]] = []
         self.doomed: list[Slot[R]] = []
         self._idle: deque[Slot[R]] = deque()
+        self.idle = self._idle
+        """The idle stack, for shells to see at a glance whether :meth:`take` can succeed
+        (read it, never change it)."""
         self._slots: dict[int, Slot[R]] = {}
         """Every live or doomed slot, by ``id()`` of its resource."""
         self._waiters: deque[Waiter[R]] = deque()
         self._waiting = 0
+        # Waiters' deadlines: those that arrive in deadline order (the usual case: one
+        # acquire_timeout for all) in a deque, whose head is both the next to expire and
+        # the next to be served; the others in a heap.
+        self._timed: deque[Waiter[R]] = deque()
+        self._early: list[tuple[float, int, Waiter[R]]] = []
         self._creating = 0
         self._doomed_count = 0
         self._has_check = config.has_check
@@ -354,14 +419,10 @@ class PoolCore(Generic[R]):
         self.create_errors = 0
         self.check_failures = 0
         self.broken = 0
-        # Fast-path hand-outs waited 0s; the slow path's waits are recorded.
-        self._waits: deque[float] = deque(maxlen=WINDOW)
+        # Fast-path hand-outs waited 0s and are not recorded; the slow path's waits are.
+        self._waits = Durations()
         self._slow_count = 0
-        self._wait_total = 0.0
-        self._wait_max = 0.0
-        self._holds: deque[float] = deque(maxlen=WINDOW)
-        self._hold_total = 0.0
-        self._hold_max = 0.0
+        self._holds = Durations()
 
     # ------------------------------------------------------------------ counts
 
@@ -422,6 +483,8 @@ class PoolCore(Generic[R]):
         self._steady = False
         while (waiter := self._next_waiter()) is not None:
             self._wake(waiter, self._closed_error())
+        self._timed.clear()
+        self._early.clear()
         while self._idle:
             self._doom(self._idle.pop())
         self._maybe_closed()
@@ -460,6 +523,8 @@ class PoolCore(Generic[R]):
         self._idle.clear()
         self._slots.clear()
         self._waiters.clear()
+        self._timed.clear()
+        self._early.clear()
         self.woken.clear()
         self.doomed.clear()
         self._waiting = self._creating = self._doomed_count = 0
@@ -510,8 +575,22 @@ class PoolCore(Generic[R]):
             self._waiters.append(waiter)
             self._waiting += 1
             self._steady = False
+            deadline = waiter.deadline
+            if deadline != INF:
+                timed = self._timed
+                if not timed or deadline >= timed[-1].deadline:
+                    timed.append(waiter)
+                else:
+                    self._track(waiter)
             return None
         return self._serve(waiter, now)
+
+    def _track(self, waiter: Waiter[R]) -> None:
+        timed = self._timed
+        if not timed or waiter.deadline >= timed[-1].deadline:
+            timed.append(waiter)
+        else:
+            heapq.heappush(self._early, (waiter.deadline, id(waiter), waiter))
 
     def _serve(self, waiter: Waiter[R], now: float) -> Slot[R] | _Create | BaseException | None:
         """Serve ``waiter`` ahead of the queue: an idle slot, else room, else the head of
@@ -528,6 +607,8 @@ class PoolCore(Generic[R]):
             self._waiters.appendleft(waiter)
             self._waiting += 1
             self._steady = False
+            if waiter.deadline != INF:
+                self._track(waiter)
             return None
         grant = self._room(now)
         waiter.grant = grant
@@ -600,8 +681,41 @@ class PoolCore(Generic[R]):
                 self._waiting -= 1
                 if not self._waiting:
                     self._restabilize()
+                timed = self._timed
+                if timed and timed[0] is waiter:
+                    timed.popleft()
                 return waiter
         return None
+
+    def expire(self, now: float) -> float:
+        """Time out every waiter whose deadline has passed; return the next deadline.
+
+        Each one is woken with a :class:`~tether.PoolTimeout` as its grant.
+        """
+        timed = self._timed
+        while timed:
+            waiter = timed[0]
+            if waiter.grant is None and not waiter.cancelled:
+                if waiter.deadline > now:
+                    break
+                self._time_out(waiter, now)
+            timed.popleft()
+        early = self._early
+        while early:
+            deadline, _, waiter = early[0]
+            if waiter.grant is None and not waiter.cancelled:
+                if deadline > now:
+                    break
+                self._time_out(waiter, now)
+            heapq.heappop(early)
+        return min(timed[0].deadline if timed else INF, early[0][0] if early else INF)
+
+    def _time_out(self, waiter: Waiter[R], now: float) -> None:
+        self._waiting -= 1
+        if not self._waiting:
+            self._restabilize()
+        self.timeouts += 1
+        self._wake(waiter, self.timeout_error(now - waiter.since, now))
 
     def _hand_out(self, slot: Slot[R], now: float, waiter: Waiter[R]) -> None:
         slot.lease += 1
@@ -610,11 +724,11 @@ class PoolCore(Generic[R]):
         slot.site_code = waiter.site_code
         slot.site_offset = waiter.site_offset
         waiter.grant = slot
-        wait = now - waiter.since
-        self._waits.append(wait)
         self._slow_count += 1
-        self._wait_total += wait
-        self._wait_max = max(wait, self._wait_max)
+        waits = self._waits.recent
+        waits.append(now - waiter.since)
+        if len(waits) >= WINDOW:
+            self._waits.fold()
 
     def _wake(self, waiter: Waiter[R], grant: _Create | BaseException) -> None:
         """Deliver ``grant`` to a waiter popped from the queue, and tell the shell."""
@@ -638,9 +752,10 @@ class PoolCore(Generic[R]):
             self._waiting -= 1
             if not self._waiting:
                 self._restabilize()
-            # Removed from the deque lazily; compact it when stale entries pile up.
+            # Removed from the deques lazily; compact them when stale entries pile up.
             if len(self._waiters) > 2 * self._waiting + 16:
                 self._waiters = deque(w for w in self._waiters if not w.cancelled)
+                self._timed = deque(w for w in self._timed if not w.cancelled)
         elif isinstance(grant, Slot):
             self._unhanded += 1
             self._slow_count -= 1
@@ -741,22 +856,69 @@ class PoolCore(Generic[R]):
 
     # ------------------------------------------------------------------ return
 
-    def give_back(self, slot: Slot[R], lease: int, now: float) -> None:
-        """:meth:`release` of a healthy resource, with a short way for the common case."""
-        if slot.lease == lease and self._steady and now < slot.fast_until:
-            slot.lease = lease + 1
-            hold = now - slot.acquired_at
-            self._holds.append(hold)
-            self._hold_total += hold
-            if hold > self._hold_max:  # noqa: PLR1730 - max() costs 4x more here
-                self._hold_max = hold
-            slot.idle_since = now
-            if self._has_check:
-                due = now + self._check_after
-                slot.fresh_until = due if due < slot.expires_at else slot.expires_at
-            self._idle.append(slot)
-            return
+    def give_back(self, slot: Slot[R], lease: int, now: float) -> Waiter[R] | bool | None:
+        """:meth:`release` of a healthy resource, with short ways for the common cases:
+        back onto the idle stack, or straight to the longest waiter.
+
+        Returns:
+            ``None`` when there is nothing more to do; the waiter the resource was handed
+            to on the short way, for the shell to wake (it is not added to :attr:`woken`);
+            or ``True`` when :attr:`woken` or :attr:`doomed` need carrying out.
+        """
+        if slot.lease != lease or now >= slot.fast_until:
+            return self._release_and_tell(slot, lease, now)
+        if not self._steady:
+            if (
+                self._waiting
+                and self.state is OPEN
+                and slot.uses_left > 1
+                and len(self._slots) + self._creating <= self.config.max_size
+            ):
+                # Straight to the longest waiter. This is what _next_waiter() and
+                # _hand_out() do, written out: it is the hot path of a contended pool.
+                waiters = self._waiters
+                waiter = waiters.popleft()
+                while waiter.cancelled or waiter.grant is not None:
+                    waiter = waiters.popleft()  # a live one exists: _waiting > 0
+                self._waiting -= 1
+                if not self._waiting:
+                    self._restabilize()
+                timed = self._timed
+                if timed and timed[0] is waiter:
+                    timed.popleft()
+                holds = self._holds.recent
+                holds.append(now - slot.acquired_at)
+                if len(holds) >= WINDOW:
+                    self._holds.fold()
+                slot.lease = lease + 2  # the end of one lease, the start of the next
+                slot.uses_left -= 1
+                slot.idle_since = slot.acquired_at = now
+                slot.owner = waiter.owner
+                slot.site_code = waiter.site_code
+                slot.site_offset = waiter.site_offset
+                waiter.grant = slot
+                self._slow_count += 1
+                waits = self._waits.recent
+                waits.append(now - waiter.since)
+                if len(waits) >= WINDOW:
+                    self._waits.fold()
+                return waiter
+            return self._release_and_tell(slot, lease, now)
+        slot.lease = lease + 1
+        holds = self._holds.recent
+        holds.append(now - slot.acquired_at)
+        if len(holds) >= WINDOW:
+            self._holds.fold()
+        slot.idle_since = now
+        if self._has_check:
+            due = now + self._check_after
+            slot.fresh_until = due if due < slot.expires_at else slot.expires_at
+        self._idle.append(slot)
+        return None
+
+    def _release_and_tell(self, slot: Slot[R], lease: int, now: float) -> bool | None:
         self.release(slot, lease, now)
+        return True if self.woken or self.doomed else None
 
     def release(
         self,
@@ -793,10 +955,10 @@ class PoolCore(Generic[R]):
         slot.owner = None
         slot.uses_left -= 1
         if counted:
-            hold = now - slot.acquired_at
-            self._holds.append(hold)
-            self._hold_total += hold
-            self._hold_max = max(hold, self._hold_max)
+            holds = self._holds.recent
+            holds.append(now - slot.acquired_at)
+            if len(holds) >= WINDOW:
+                self._holds.fold()
             if broken:
                 self.broken += 1
         if broken:
@@ -808,11 +970,12 @@ class PoolCore(Generic[R]):
     def _settle(self, slot: Slot[R], now: float) -> None:
         """Place a returned (or newly made, unclaimed) resource: retire it if it is spent,
         else hand it to the next waiter, else put it on the idle stack."""
+        expires_at = slot.expires_at
         if (
             slot.uses_left <= 0
-            or now >= slot.expires_at
+            or now >= expires_at
             or self.state is not OPEN
-            or self.size > self.config.max_size
+            or len(self._slots) + self._creating > self.config.max_size
         ):
             self._doom(slot)
             return
@@ -821,8 +984,9 @@ class PoolCore(Generic[R]):
             # It was around when something broke: it must pass a check before reuse.
             slot.fresh_until = slot.fast_until = -INF
         else:
-            slot.fresh_until = min(now + self._check_after, slot.expires_at)
-            slot.fast_until = slot.expires_at
+            due = now + self._check_after
+            slot.fresh_until = due if due < expires_at else expires_at
+            slot.fast_until = expires_at
         waiter = self._next_waiter()
         if waiter is not None:
             self._hand_out(slot, now, waiter)
@@ -968,19 +1132,8 @@ class PoolCore(Generic[R]):
             create_errors=self.create_errors,
             check_failures=self.check_failures,
             broken=self.broken,
-            wait=DurationSummary.of(
-                self._waits,
-                count=acquired,
-                total=self._wait_total,
-                largest=self._wait_max,
-                zeros=acquired - self._slow_count,
-            ),
-            hold=DurationSummary.of(
-                self._holds,
-                count=acquired - held,
-                total=self._hold_total,
-                largest=self._hold_max,
-            ),
+            wait=self._waits.summary(count=acquired, zeros=acquired - self._slow_count),
+            hold=self._holds.summary(count=acquired - held),
             last_create_error=None if self.last_error is None else repr(self.last_error),
         )
 
