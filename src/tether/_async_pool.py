@@ -602,15 +602,12 @@ class _Acquire(Waiter[R]):
             self.owner = _task_of(loop)
             self.grant = None
             self.cancelled = False
-            self.handle = None
             grant = core.acquire(now, self)
             if grant is None:
                 future = loop.create_future()
                 self.handle = future
                 if self.deadline < pool._timer_at:
                     pool._arm_timer(self.deadline)
-                if core.woken or core.doomed:
-                    pool._flush()
                 try:
                     await future
                 except BaseException:

@@ -223,45 +223,6 @@ class Waiter(Generic[R]):
 
 
 @final
-class Durations:
-    """Durations recorded at the cost of one ``list.append``.
-
-    The hot paths append to :attr:`recent`, and call :meth:`fold` once it holds
-    :data:`WINDOW` samples; folding adds them to the running count, total and maximum and
-    keeps them as the previous window, so that percentiles come from the last one or two
-    windows.
-    """
-
-    __slots__ = ("count", "largest", "previous", "recent", "total")
-
-    def __init__(self) -> None:
-        self.recent: list[float] = []
-        self.previous: list[float] = []
-        self.count = 0
-        self.total = 0.0
-        self.largest = 0.0
-
-    def fold(self) -> None:
-        """Move :attr:`recent` into the running figures."""
-        recent = self.recent
-        if recent:
-            self.count += len(recent)
-            self.total += sum(recent)
-            self.largest = max(self.largest, *recent)
-            self.previous = recent
-            self.recent = []
-
-    def summary(self, *, count: int, zeros: int = 0) -> DurationSummary:
-        """Summarise ``count`` durations: the recorded ones plus ``zeros`` zero ones."""
-        recent = self.recent
-        total = self.total + sum(recent)
-        largest = max(self.largest, *recent) if recent else self.largest
-        return DurationSummary.of(
-            self.previous + recent, count=count, total=total, largest=largest, zeros=zeros
-        )
-
-
-@final
 class PoolConfig:
     """Validated pool options (see :class:`tether.AsyncPool` for their meaning)."""
 
@@ -380,9 +341,12 @@ class PoolCore(Generic[R]):
         self.config = config
         self._jitter = jitter
         self.state = UNOPENED
+        self._smooth = False
+        """Open, not above ``max_size`` and no ``max_uses``: a healthy return may go
+        straight to the longest waiter."""
         self._steady = False
-        """Open, nobody waiting, not above ``max_size`` and no ``max_uses``: a healthy
-        return may go straight back onto the idle stack."""
+        """Smooth, and nobody waiting: a healthy return may go straight back onto the
+        idle stack."""
         self.woken: list[Waiter[R]] = []
         self.doomed: list[Slot[R]] = []
         self._idle: deque[Slot[R]] = deque()
@@ -420,9 +384,10 @@ class PoolCore(Generic[R]):
         self.check_failures = 0
         self.broken = 0
         # Fast-path hand-outs waited 0s and are not recorded; the slow path's waits are.
-        self._waits = Durations()
-        self._slow_count = 0
-        self._holds = Durations()
+        self._waits: deque[float] = deque(maxlen=WINDOW)
+        self._slow = 0
+        """Hand-outs on the slow path (those whose wait is recorded)."""
+        self._holds: deque[float] = deque(maxlen=WINDOW)
 
     # ------------------------------------------------------------------ counts
 
@@ -480,7 +445,7 @@ class PoolCore(Generic[R]):
         if self.state is CLOSING or self.state is CLOSED:
             return
         self.state = CLOSING if self.state is OPEN else CLOSED
-        self._steady = False
+        self._steady = self._smooth = False
         while (waiter := self._next_waiter()) is not None:
             self._wake(waiter, self._closed_error())
         self._timed.clear()
@@ -533,13 +498,14 @@ class PoolCore(Generic[R]):
         self._restabilize()
 
     def _restabilize(self) -> None:
-        """Recompute whether returns may take the short way back to the idle stack."""
-        self._steady = (
+        """Recompute whether returns may take a short way (to the idle stack, or to the
+        longest waiter)."""
+        self._smooth = (
             self.state is OPEN
-            and not self._waiting
             and self.size <= self.config.max_size
             and self.config.max_uses is None  # uses are counted on the long way only
         )
+        self._steady = self._smooth and not self._waiting
 
     # ------------------------------------------------------------------ acquire
 
@@ -578,10 +544,15 @@ class PoolCore(Generic[R]):
             deadline = waiter.deadline
             if deadline != INF:
                 timed = self._timed
-                if not timed or deadline >= timed[-1].deadline:
+                if not timed:
                     timed.append(waiter)
                 else:
-                    self._track(waiter)
+                    if timed[0].grant is not None:
+                        timed.popleft()  # one served waiter out per arrival: stays bounded
+                    if deadline >= timed[-1].deadline:
+                        timed.append(waiter)
+                    else:
+                        self._track(waiter)
             return None
         return self._serve(waiter, now)
 
@@ -669,7 +640,7 @@ class PoolCore(Generic[R]):
         slot.lease += 1
         slot.owner = None
         self._unhanded += 1
-        self._slow_count -= 1
+        self._slow -= 1
         self._doom(slot)
 
     def _next_waiter(self) -> Waiter[R] | None:
@@ -724,11 +695,8 @@ class PoolCore(Generic[R]):
         slot.site_code = waiter.site_code
         slot.site_offset = waiter.site_offset
         waiter.grant = slot
-        self._slow_count += 1
-        waits = self._waits.recent
-        waits.append(now - waiter.since)
-        if len(waits) >= WINDOW:
-            self._waits.fold()
+        self._slow += 1
+        self._waits.append(now - waiter.since)
 
     def _wake(self, waiter: Waiter[R], grant: _Create | BaseException) -> None:
         """Deliver ``grant`` to a waiter popped from the queue, and tell the shell."""
@@ -758,7 +726,7 @@ class PoolCore(Generic[R]):
                 self._timed = deque(w for w in self._timed if not w.cancelled)
         elif isinstance(grant, Slot):
             self._unhanded += 1
-            self._slow_count -= 1
+            self._slow -= 1
             self.release(grant, grant.lease, now, counted=False)
         elif grant is CREATE:
             self._creating -= 1
@@ -868,12 +836,7 @@ class PoolCore(Generic[R]):
         if slot.lease != lease or now >= slot.fast_until:
             return self._release_and_tell(slot, lease, now)
         if not self._steady:
-            if (
-                self._waiting
-                and self.state is OPEN
-                and slot.uses_left > 1
-                and len(self._slots) + self._creating <= self.config.max_size
-            ):
+            if self._waiting and self._smooth:
                 # Straight to the longest waiter. This is what _next_waiter() and
                 # _hand_out() do, written out: it is the hot path of a contended pool.
                 waiters = self._waiters
@@ -883,32 +846,19 @@ class PoolCore(Generic[R]):
                 self._waiting -= 1
                 if not self._waiting:
                     self._restabilize()
-                timed = self._timed
-                if timed and timed[0] is waiter:
-                    timed.popleft()
-                holds = self._holds.recent
-                holds.append(now - slot.acquired_at)
-                if len(holds) >= WINDOW:
-                    self._holds.fold()
+                self._holds.append(now - slot.acquired_at)
                 slot.lease = lease + 2  # the end of one lease, the start of the next
-                slot.uses_left -= 1
                 slot.idle_since = slot.acquired_at = now
                 slot.owner = waiter.owner
                 slot.site_code = waiter.site_code
                 slot.site_offset = waiter.site_offset
                 waiter.grant = slot
-                self._slow_count += 1
-                waits = self._waits.recent
-                waits.append(now - waiter.since)
-                if len(waits) >= WINDOW:
-                    self._waits.fold()
+                self._slow += 1
+                self._waits.append(now - waiter.since)
                 return waiter
             return self._release_and_tell(slot, lease, now)
         slot.lease = lease + 1
-        holds = self._holds.recent
-        holds.append(now - slot.acquired_at)
-        if len(holds) >= WINDOW:
-            self._holds.fold()
+        self._holds.append(now - slot.acquired_at)
         slot.idle_since = now
         if self._has_check:
             due = now + self._check_after
@@ -955,10 +905,7 @@ class PoolCore(Generic[R]):
         slot.owner = None
         slot.uses_left -= 1
         if counted:
-            holds = self._holds.recent
-            holds.append(now - slot.acquired_at)
-            if len(holds) >= WINDOW:
-                self._holds.fold()
+            self._holds.append(now - slot.acquired_at)
             if broken:
                 self.broken += 1
         if broken:
@@ -1132,8 +1079,8 @@ class PoolCore(Generic[R]):
             create_errors=self.create_errors,
             check_failures=self.check_failures,
             broken=self.broken,
-            wait=self._waits.summary(count=acquired, zeros=acquired - self._slow_count),
-            hold=self._holds.summary(count=acquired - held),
+            wait=DurationSummary.of(self._waits, count=acquired, zeros=acquired - self._slow),
+            hold=DurationSummary.of(self._holds, count=acquired - held),
             last_create_error=None if self.last_error is None else repr(self.last_error),
         )
 
