@@ -14,6 +14,7 @@ import inspect
 import os
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -128,3 +129,12 @@ def things() -> Any:
     from pool_flavours import Things
 
     return Things()
+
+
+# -- Fault-test infrastructure (tests/infra) ----------------------------------------------
+# A TCP proxy that cuts connections, a private PostgreSQL to stop and kill, and PgBouncer:
+# the fixtures ``tcp_proxy``, ``private_postgres``, ``pgbouncer`` and ``pgbouncer_dsn`` live
+# in tests/infra/fixtures.py. The check keeps this file usable on its own: some tests copy
+# it, without the package, into a pytester sandbox.
+if (Path(__file__).parent / "infra" / "fixtures.py").is_file():
+    pytest_plugins.append("infra.fixtures")

@@ -231,7 +231,9 @@ class PoolCoreMachine(RuleBasedStateMachine):
         caller = data.draw(st.sampled_from(self.live("holding")))
         assert caller.slot is not None
         if kind == "give_back":
-            core.give_back(caller.slot, caller.lease, self.now)
+            handed_to = core.give_back(caller.slot, caller.lease, self.now)
+            if isinstance(handed_to, Waiter):
+                core.woken.append(handed_to)  # the shell wakes it, as for any other
         else:
             core.release(caller.slot, caller.lease, self.now, broken=kind == "broken")
         caller.state = "returned"
@@ -388,6 +390,12 @@ class PoolCoreMachine(RuleBasedStateMachine):
         )
         assert core.destroyed_count == len(self.destroyed)
         assert {id(s) for s in idle}.isdisjoint({id(s) for s in held})
+
+    @invariant()
+    def waiting_count_matches_the_queue(self) -> None:
+        if self.core is not None:
+            live = [w for w in self.core._waiters if not w.cancelled and w.grant is None]
+            assert self.core.waiting_count == len(live) == len(self.live("queued"))
 
     @invariant()
     def nothing_idle_while_anyone_waits(self) -> None:

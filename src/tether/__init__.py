@@ -17,6 +17,8 @@ from ._exceptions import PoolTimeout as PoolTimeout
 from ._exceptions import PoolUnavailable as PoolUnavailable
 from ._exceptions import StreamIdleTimeout as StreamIdleTimeout
 from ._exceptions import TetherError as TetherError
+from ._files import atomic_write as atomic_write
+from ._files import atomic_write_async as atomic_write_async
 from ._pool import Pool as Pool
 from ._pool_types import DurationSummary as DurationSummary
 from ._pool_types import Holder as Holder
@@ -24,6 +26,12 @@ from ._pool_types import PoolStats as PoolStats
 from ._scope import AsyncScope as AsyncScope
 from ._scope import Scope as Scope
 from ._scope import cleanup_errors as cleanup_errors
+from ._stream import AsyncStream as AsyncStream
+from ._stream import Stream as Stream
+from ._stream import StreamMetrics as StreamMetrics
+from ._stream import StreamOutcome as StreamOutcome
+from ._stream import StreamSnapshot as StreamSnapshot
+from ._stream import accumulate as accumulate
 from ._suppress import Suppressor as Suppressor
 from ._suppress import suppress as suppress
 from ._timing import Timer as Timer
@@ -33,6 +41,7 @@ from ._version import __version__ as __version__
 __all__ = [
     "AsyncPool",
     "AsyncScope",
+    "AsyncStream",
     "CleanupError",
     "DurationSummary",
     "Holder",
@@ -43,11 +52,18 @@ __all__ = [
     "PoolTimeout",
     "PoolUnavailable",
     "Scope",
+    "Stream",
     "StreamIdleTimeout",
+    "StreamMetrics",
+    "StreamOutcome",
+    "StreamSnapshot",
     "Suppressor",
     "TetherError",
     "Timer",
     "__version__",
+    "accumulate",
+    "atomic_write",
+    "atomic_write_async",
     "cleanup_errors",
     "suppress",
     "timed",

@@ -18,8 +18,8 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from types import CodeType, TracebackType
-from typing import Final, Generic, TypeVar, cast, final
+from types import TracebackType
+from typing import Final, TypeVar, final
 
 from ._aio import run_shielded
 from ._pool_base import DEFAULT, PoolShell, logger
@@ -31,6 +31,7 @@ __all__ = ["AsyncPool"]
 R = TypeVar("R")
 
 _monotonic: Final = time.monotonic
+_get_running_loop: Final = asyncio.get_running_loop
 # One C-level dict lookup instead of asyncio.current_task()'s Python wrapper: the fast
 # path records which task holds each resource.
 _current_tasks: Final[dict[asyncio.AbstractEventLoop | None, object] | None] = getattr(
@@ -49,13 +50,13 @@ _task_of: Final[Callable[[asyncio.AbstractEventLoop | None], object]] = (
 )
 
 
-class _TimedOut(Exception):
-    """Internal: set on a waiter's future when its deadline passes."""
+class _CreationTimedOut(Exception):
+    """Internal: a caller's deadline passed while its creation was still running."""
 
 
-def _on_deadline(future: asyncio.Future[None]) -> None:
+def _time_out_creation(future: asyncio.Future[None]) -> None:
     if not future.done():
-        future.set_exception(_TimedOut())
+        future.set_exception(_CreationTimedOut())
 
 
 @final
@@ -142,6 +143,8 @@ class AsyncPool(PoolShell[R]):
         self._loop_thread = 0
         """The thread the loop runs in: with a task of the loop running, it tells the
         fast path (cheaply) that the caller is on the pool's loop."""
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
         self._tasks: set[asyncio.Task[object]] = set()
         self._creations: set[asyncio.Task[object]] = set()
         self._housekeeper: asyncio.Task[None] | None = None
@@ -257,13 +260,9 @@ class AsyncPool(PoolShell[R]):
             ValueError: ``timeout`` is negative.
             RuntimeError: called from another event loop than the pool's.
         """
-        # The caller's code object and instruction offset are enough to find the line
-        # later, when somebody asks; reading the line number now would cost more than the
-        # rest of the fast path.
         if timeout is not DEFAULT:
             self._resolve_timeout(timeout)  # refuse bad input here, even on the fast path
-        frame = _getframe(1)
-        return _Acquire(self, timeout, frame.f_code, frame.f_lasti)
+        return _Acquire(self, timeout)
 
     async def get(self, *, timeout: float | None = DEFAULT) -> R:
         """Borrow a resource; give it back with :meth:`put`. Prefer :meth:`acquire`.
@@ -277,19 +276,12 @@ class AsyncPool(PoolShell[R]):
         """
         if timeout is not DEFAULT:
             self._resolve_timeout(timeout)
-        code, offset = user_code(1)
-        owner = _task_of(self._loop)
-        if owner is not None and _thread_ident() == self._loop_thread:
-            slot = self._core.take(_monotonic())
-        else:
-            slot = None
-        if slot is None:
-            slot = await self._acquire(timeout, code, offset)
-        else:
-            slot.owner = owner
-            slot.site_code = code
-            slot.site_offset = offset
-        return slot.resource
+        borrowing = _Acquire(self, timeout)
+        resource = await borrowing.__aenter__()
+        # __aenter__ saw this method as its caller: point the holder at the user's line.
+        slot = borrowing._slot
+        slot.site_code, slot.site_offset = user_code(1)
+        return resource
 
     async def put(self, resource: R, *, broken: bool = False) -> None:
         """Give back a resource borrowed with :meth:`get`.
@@ -313,75 +305,90 @@ class AsyncPool(PoolShell[R]):
         self._bound_loop()
         await self._give_back(slot, slot.lease, None, broken=broken)
 
-    async def _acquire(
-        self, timeout: float | None, site_code: CodeType | None, site_offset: int
+    async def _acquire_rest(
+        self, waiter: _Acquire[R], grant: Slot[R] | _Create | BaseException | None
     ) -> Slot[R]:
-        """The slow path: check, create, or wait in line."""
-        loop = self._bound_loop()
-        now = _monotonic()
-        wait_for = self._resolve_timeout(timeout)
-        deadline = float("inf") if wait_for is None else now + wait_for
+        """The rest of the slow path: check what was granted, create, or wait again."""
         core = self._core
-        waiter: Waiter[R] = Waiter(None, asyncio.current_task(), site_code, site_offset, now)
-        grant = core.acquire(now, waiter)
-        self._flush()
         while True:
-            if grant is None:
-                grant = await self._wait(loop, waiter, deadline, creating=False)
             if isinstance(grant, Slot):
-                if self._check is not None and core.needs_check(grant, _monotonic()):
-                    if await self._passes_check(grant, deadline):
-                        core.check_passed(grant, _monotonic())
-                        return grant
-                    grant = core.check_failed(grant, waiter, _monotonic())
-                    self._flush()
-                    continue
-                return grant
-            if grant is CREATE:
-                self._start_creation(waiter)
-                grant = await self._wait(loop, waiter, deadline, creating=True)
-                if isinstance(grant, Slot):
+                if self._check is None or not core.needs_check(grant, _monotonic()):
                     return grant
-            assert isinstance(grant, BaseException)
-            raise grant
+                if await self._passes_check(grant, waiter.deadline):
+                    core.check_passed(grant, _monotonic())
+                    return grant
+                grant = core.check_failed(grant, waiter, _monotonic())
+                self._flush()
+                if grant is None:
+                    grant = await self._wait(waiter)
+            elif grant is CREATE:
+                self._start_creation(waiter)
+                grant = await self._wait_for_creation(waiter)
+            else:
+                assert isinstance(grant, BaseException)
+                raise grant
 
-    async def _wait(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        waiter: Waiter[R],
-        deadline: float,
-        *,
-        creating: bool,
+    async def _wait(self, waiter: _Acquire[R]) -> Slot[R] | _Create | BaseException | None:
+        """Wait in line until the core grants ``waiter`` something (or times it out)."""
+        if waiter.grant is not None:
+            return waiter.grant  # granted already, while the caller was still busy
+        loop = self._loop
+        assert loop is not None
+        future: asyncio.Future[None] = loop.create_future()
+        waiter.handle = future
+        if waiter.deadline < self._timer_at:
+            self._arm_timer(waiter.deadline)
+        try:
+            await future
+        except BaseException:
+            self._core.cancel_wait(waiter, _monotonic(), timed_out=False)
+            self._flush()
+            raise
+        return waiter.grant
+
+    async def _wait_for_creation(
+        self, waiter: _Acquire[R]
     ) -> Slot[R] | _Create | BaseException | None:
-        """Wait until the core (or a creation) grants ``waiter`` something, or give up."""
-        if waiter.grant is not None and not creating:
-            return waiter.grant
+        """Wait for the creation ``waiter`` started; giving up leaves it to the pool."""
+        loop = self._loop
+        assert loop is not None
         future: asyncio.Future[None] = loop.create_future()
         waiter.handle = future
         timer = None
-        if deadline != float("inf"):
-            timer = loop.call_later(max(0.0, deadline - _monotonic()), _on_deadline, future)
+        if waiter.deadline != float("inf"):
+            delay = max(0.0, waiter.deadline - _monotonic())
+            timer = loop.call_later(delay, _time_out_creation, future)
         try:
             await future
-        except _TimedOut:
+        except BaseException as error:
             now = _monotonic()
-            if creating:
-                self._core.abandon_creation(waiter, timed_out=True)
-            else:
-                self._core.cancel_wait(waiter, now, timed_out=True)
+            timed_out = type(error) is _CreationTimedOut
+            self._core.abandon_creation(waiter, timed_out=timed_out)
             self._flush()
-            raise self._core.timeout_error(now - waiter.since, now) from None
-        except BaseException:
-            if creating:
-                self._core.abandon_creation(waiter, timed_out=False)
-            else:
-                self._core.cancel_wait(waiter, _monotonic(), timed_out=False)
-            self._flush()
+            if timed_out:
+                raise self._core.timeout_error(now - waiter.since, now) from None
             raise
         finally:
             if timer is not None:
                 timer.cancel()
         return waiter.grant
+
+    def _arm_timer(self, deadline: float) -> None:
+        """One event-loop timer serves every waiter's deadline: the earliest one."""
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = self._loop
+        assert loop is not None
+        self._timer_at = deadline
+        self._timer = loop.call_later(max(0.0, deadline - _monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        upcoming = self._core.expire(_monotonic())
+        self._flush()
+        if upcoming != float("inf"):
+            self._arm_timer(upcoming)
 
     async def _passes_check(self, slot: Slot[R], deadline: float) -> bool:
         check = self._check
@@ -455,19 +462,25 @@ class AsyncPool(PoolShell[R]):
     # ------------------------------------------------------------------ carrying out
 
     def _flush(self) -> None:
-        """Carry out the core's decisions: wake waiters, destroy retired resources."""
+        """Carry out the core's decisions: wake waiters, destroy retired resources.
+
+        Destroying may free room that wakes another waiter, so this goes on until the core
+        has nothing more to say.
+        """
         core = self._core
-        if core.woken:
-            woken, core.woken = core.woken, []
-            for waiter in woken:
-                future = cast("asyncio.Future[None] | None", waiter.handle)
-                if future is not None and not future.done():
-                    future.set_result(None)
-        if core.doomed:
-            doomed, core.doomed = core.doomed, []
-            for slot in doomed:
-                self._start_destroy(slot)
-            self._refill()  # back to min_size, for those already destroyed
+        while core.woken or core.doomed:
+            if core.woken:
+                woken, core.woken = core.woken, []
+                for waiter in woken:
+                    # A waiter that never had to wait has no future (nor a handle at all).
+                    future = getattr(waiter, "handle", None)
+                    if future is not None and not future.done():
+                        future.set_result(None)
+            if core.doomed:
+                doomed, core.doomed = core.doomed, []
+                for slot in doomed:
+                    self._start_destroy(slot)
+                self._refill()  # back to min_size, for those already destroyed
         if core.state is not OPEN and not core.held_count and self._drained:
             self._drained.set()
 
@@ -607,38 +620,74 @@ async def _housekeep(pool_ref: weakref.ref[AsyncPool[R]], poke: asyncio.Event) -
 
 
 @final
-class _Acquire(Generic[R]):
-    """``async with pool.acquire() as resource``: the context manager behind it."""
+class _Acquire(Waiter[R]):
+    """``async with pool.acquire() as resource``: the context manager behind it.
 
-    __slots__ = ("_lease", "_pool", "_site_code", "_site_offset", "_slot", "_timeout")
+    It is also the waiter the core queues when nothing is free (its waiter fields are
+    only filled in then), which saves an allocation on the slow path.
+    """
 
-    def __init__(
-        self,
-        pool: AsyncPool[R],
-        timeout: float | None,
-        site_code: CodeType | None,
-        site_offset: int,
-    ) -> None:
+    __slots__ = ("_lease", "_pool", "_slot", "_timeout")
+
+    def __init__(self, pool: AsyncPool[R], timeout: float | None) -> None:
         self._pool = pool
         self._timeout = timeout
-        self._site_code = site_code
-        self._site_offset = site_offset
 
     async def __aenter__(self) -> R:
         pool = self._pool
-        owner = _task_of(pool._loop)
+        core = pool._core
+        now = _monotonic()
+        # Where the user's `async with` is: its code object and instruction offset are
+        # enough to find the line later, when somebody asks (reading the line number now
+        # would cost more than the rest of the fast path).
+        frame = _getframe(1)
         # Only a task of the pool's own loop, in the loop's thread, may take the fast
         # path; anywhere else the slow path says what is wrong.
-        if owner is not None and _thread_ident() == pool._loop_thread:
-            slot = pool._core.take(_monotonic())
+        owner = _task_of(pool._loop)
+        if core.idle and owner is not None and _thread_ident() == pool._loop_thread:
+            slot = core.take(now)
         else:
             slot = None
-        if slot is None:
-            slot = await pool._acquire(self._timeout, self._site_code, self._site_offset)
-        else:
+        if slot is not None:
             slot.owner = owner
-            slot.site_code = self._site_code
-            slot.site_offset = self._site_offset
+            slot.site_code = frame.f_code
+            slot.site_offset = frame.f_lasti
+        else:
+            self.site_code = frame.f_code
+            self.site_offset = frame.f_lasti
+            # The slow path. The common case (queue, then be handed a resource that
+            # needs no check) is written out here, without a further coroutine.
+            loop = pool._loop
+            if loop is not _get_running_loop():
+                loop = pool._bound_loop()
+            timeout = self._timeout
+            wait_for = (
+                pool._acquire_timeout if timeout is DEFAULT else pool._resolve_timeout(timeout)
+            )
+            self.deadline = float("inf") if wait_for is None else now + wait_for
+            self.since = now
+            self.owner = _task_of(loop)
+            self.grant = None
+            self.cancelled = False
+            grant = core.acquire(now, self)
+            if grant is None:
+                future = loop.create_future()
+                self.handle = future
+                if self.deadline < pool._timer_at:
+                    pool._arm_timer(self.deadline)
+                try:
+                    await future
+                except BaseException:
+                    core.cancel_wait(self, _monotonic(), timed_out=False)
+                    pool._flush()
+                    raise
+                grant = self.grant
+            elif core.woken or core.doomed:
+                pool._flush()
+            if grant.__class__ is Slot and pool._check is None:
+                slot = grant
+            else:
+                slot = await pool._acquire_rest(self, grant)
         self._slot = slot
         self._lease = slot.lease
         return slot.resource
@@ -652,8 +701,13 @@ class _Acquire(Generic[R]):
         pool = self._pool
         if exc is None and pool._reset is None:
             core = pool._core
-            core.give_back(self._slot, self._lease, _monotonic())
-            if core.woken or core.doomed:
-                pool._flush()
+            handed_to = core.give_back(self._slot, self._lease, _monotonic())
+            if handed_to is not None:
+                if handed_to is True:
+                    pool._flush()
+                else:
+                    future: asyncio.Future[None] = handed_to.handle  # type: ignore[union-attr,assignment]
+                    if not future.done():
+                        future.set_result(None)
             return
         await pool._give_back(self._slot, self._lease, exc)

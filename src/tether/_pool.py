@@ -579,9 +579,10 @@ class _Acquire(Generic[R]):
         if exc is None and pool._reset is None:
             core = pool._core
             with pool._lock:
-                core.give_back(self._slot, self._lease, _monotonic())
-                if not core.woken and not core.doomed:
-                    return
-            pool._flush()
+                handed_to = core.give_back(self._slot, self._lease, _monotonic())
+            if handed_to is True:
+                pool._flush()
+            elif handed_to is not None:
+                handed_to.handle.release()  # type: ignore[union-attr]
             return
         pool._give_back(self._slot, self._lease, exc)

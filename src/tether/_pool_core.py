@@ -50,6 +50,7 @@ being handed out again.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from collections.abc import Callable
@@ -133,6 +134,7 @@ class Slot(Generic[R]):
         "idle_since",
         "leak_lease",
         "lease",
+        "must_check",
         "owner",
         "reclaimed",
         "resource",
@@ -159,6 +161,8 @@ class Slot(Generic[R]):
         """Until when a return may take the short way back (``-inf`` while suspect)."""
         self.trusted_since = now
         """Created, or last passed a check: an outage after this makes it suspect."""
+        self.must_check = False
+        """Handed out on the slow path, to be checked before use (see :meth:`needs_check`)."""
         self.owner: object = None
         self.site_code: CodeType | None = None
         self.site_offset = 0
@@ -178,14 +182,28 @@ class Slot(Generic[R]):
         return f"<Slot {status} lease={self.lease} {self.resource!r}>"
 
 
-@final
 class Waiter(Generic[R]):
     """A caller asking for a resource, with the shell's means of waking it in ``handle``.
 
-    ``since`` is when the caller started asking; its wait is measured from there.
+    ``since`` is when the caller started asking (its wait is measured from there);
+    ``deadline`` is when the core gives up on it with a :class:`~tether.PoolTimeout`
+    (``inf``: never; a shell that times waiters out by itself leaves it at ``inf``).
+    A shell may subclass it to save an allocation, as long as it sets every field
+    before handing it to the core.
     """
 
-    __slots__ = ("cancelled", "grant", "handle", "owner", "since", "site_code", "site_offset")
+    __slots__ = (
+        "cancelled",
+        "deadline",
+        "grant",
+        "handle",
+        "owner",
+        "since",
+        "site_code",
+        "site_offset",
+    )
+
+    grant: Slot[R] | _Create | BaseException | None
 
     def __init__(
         self,
@@ -194,13 +212,16 @@ class Waiter(Generic[R]):
         site_code: CodeType | None,
         site_offset: int,
         since: float,
+        *,
+        deadline: float = INF,
     ) -> None:
         self.handle = handle
         self.owner = owner
         self.site_code = site_code
         self.site_offset = site_offset
         self.since = since
-        self.grant: Slot[R] | _Create | BaseException | None = None
+        self.deadline = deadline
+        self.grant = None
         self.cancelled = False
 
 
@@ -323,16 +344,27 @@ class PoolCore(Generic[R]):
         self.config = config
         self._jitter = jitter
         self.state = UNOPENED
+        self._smooth = False
+        """Open, not above ``max_size`` and no ``max_uses``: a healthy return may go
+        straight to the longest waiter."""
         self._steady = False
-        """Open, nobody waiting, not above ``max_size`` and no ``max_uses``: a healthy
-        return may go straight back onto the idle stack."""
+        """Smooth, and nobody waiting: a healthy return may go straight back onto the
+        idle stack."""
         self.woken: list[Waiter[R]] = []
         self.doomed: list[Slot[R]] = []
         self._idle: deque[Slot[R]] = deque()
+        self.idle = self._idle
+        """The idle stack, for shells to see at a glance whether :meth:`take` can succeed
+        (read it, never change it)."""
         self._slots: dict[int, Slot[R]] = {}
         """Every live or doomed slot, by ``id()`` of its resource."""
         self._waiters: deque[Waiter[R]] = deque()
         self._waiting = 0
+        # Waiters' deadlines: those that arrive in deadline order (the usual case: one
+        # acquire_timeout for all) in a deque, whose head is both the next to expire and
+        # the next to be served; the others in a heap.
+        self._timed: deque[Waiter[R]] = deque()
+        self._early: list[tuple[float, int, Waiter[R]]] = []
         self._creating = 0
         self._doomed_count = 0
         self._has_check = config.has_check
@@ -354,14 +386,11 @@ class PoolCore(Generic[R]):
         self.create_errors = 0
         self.check_failures = 0
         self.broken = 0
-        # Fast-path hand-outs waited 0s; the slow path's waits are recorded.
+        # Fast-path hand-outs waited 0s and are not recorded; the slow path's waits are.
         self._waits: deque[float] = deque(maxlen=WINDOW)
-        self._slow_count = 0
-        self._wait_total = 0.0
-        self._wait_max = 0.0
+        self._slow = 0
+        """Hand-outs on the slow path (those whose wait is recorded)."""
         self._holds: deque[float] = deque(maxlen=WINDOW)
-        self._hold_total = 0.0
-        self._hold_max = 0.0
 
     # ------------------------------------------------------------------ counts
 
@@ -419,9 +448,11 @@ class PoolCore(Generic[R]):
         if self.state is CLOSING or self.state is CLOSED:
             return
         self.state = CLOSING if self.state is OPEN else CLOSED
-        self._steady = False
+        self._steady = self._smooth = False
         while (waiter := self._next_waiter()) is not None:
             self._wake(waiter, self._closed_error())
+        self._timed.clear()
+        self._early.clear()
         while self._idle:
             self._doom(self._idle.pop())
         self._maybe_closed()
@@ -460,6 +491,8 @@ class PoolCore(Generic[R]):
         self._idle.clear()
         self._slots.clear()
         self._waiters.clear()
+        self._timed.clear()
+        self._early.clear()
         self.woken.clear()
         self.doomed.clear()
         self._waiting = self._creating = self._doomed_count = 0
@@ -468,13 +501,14 @@ class PoolCore(Generic[R]):
         self._restabilize()
 
     def _restabilize(self) -> None:
-        """Recompute whether returns may take the short way back to the idle stack."""
-        self._steady = (
+        """Recompute whether returns may take a short way (to the idle stack, or to the
+        longest waiter)."""
+        self._smooth = (
             self.state is OPEN
-            and not self._waiting
             and self.size <= self.config.max_size
             and self.config.max_uses is None  # uses are counted on the long way only
         )
+        self._steady = self._smooth and not self._waiting
 
     # ------------------------------------------------------------------ acquire
 
@@ -510,8 +544,27 @@ class PoolCore(Generic[R]):
             self._waiters.append(waiter)
             self._waiting += 1
             self._steady = False
+            deadline = waiter.deadline
+            if deadline != INF:
+                timed = self._timed
+                if not timed:
+                    timed.append(waiter)
+                else:
+                    if timed[0].grant is not None:
+                        timed.popleft()  # one served waiter out per arrival: stays bounded
+                    if deadline >= timed[-1].deadline:
+                        timed.append(waiter)
+                    else:
+                        self._track(waiter)
             return None
         return self._serve(waiter, now)
+
+    def _track(self, waiter: Waiter[R]) -> None:
+        timed = self._timed
+        if not timed or waiter.deadline >= timed[-1].deadline:
+            timed.append(waiter)
+        else:
+            heapq.heappush(self._early, (waiter.deadline, id(waiter), waiter))
 
     def _serve(self, waiter: Waiter[R], now: float) -> Slot[R] | _Create | BaseException | None:
         """Serve ``waiter`` ahead of the queue: an idle slot, else room, else the head of
@@ -522,12 +575,18 @@ class PoolCore(Generic[R]):
             if now >= slot.expires_at:
                 self._doom(slot)
                 continue
+            if self._has_check and (
+                now - slot.idle_since >= self._check_after or slot.trusted_since < self._outage_at
+            ):
+                slot.must_check = True
             self._hand_out(slot, now, waiter)
             return slot
         if self.size >= self.config.max_size:
             self._waiters.appendleft(waiter)
             self._waiting += 1
             self._steady = False
+            if waiter.deadline != INF:
+                self._track(waiter)
             return None
         grant = self._room(now)
         waiter.grant = grant
@@ -553,16 +612,19 @@ class PoolCore(Generic[R]):
         return error
 
     def needs_check(self, slot: Slot[R], now: float) -> bool:
-        """Whether a slot handed out on the slow path must pass ``check`` first: it idled
-        longer than ``check_after``, or it was around when something broke."""
-        return self._has_check and (
-            now >= slot.idle_since + self._check_after or slot.trusted_since < self._outage_at
-        )
+        """Whether a slot handed out on the slow path must pass ``check`` first: it sat
+        idle for ``check_after`` seconds or more, or it was around when something broke.
+
+        A resource that never sat idle (just made, or handed straight from one caller to
+        the next) is not checked unless it is suspect.
+        """
+        return slot.must_check
 
     def check_passed(self, slot: Slot[R], now: float) -> None:
         """A handed-out slot passed its check."""
         slot.trusted_since = now
         slot.fast_until = slot.expires_at
+        slot.must_check = False
 
     def check_failed(
         self, slot: Slot[R], waiter: Waiter[R], now: float
@@ -588,7 +650,7 @@ class PoolCore(Generic[R]):
         slot.lease += 1
         slot.owner = None
         self._unhanded += 1
-        self._slow_count -= 1
+        self._slow -= 1
         self._doom(slot)
 
     def _next_waiter(self) -> Waiter[R] | None:
@@ -600,8 +662,41 @@ class PoolCore(Generic[R]):
                 self._waiting -= 1
                 if not self._waiting:
                     self._restabilize()
+                timed = self._timed
+                if timed and timed[0] is waiter:
+                    timed.popleft()
                 return waiter
         return None
+
+    def expire(self, now: float) -> float:
+        """Time out every waiter whose deadline has passed; return the next deadline.
+
+        Each one is woken with a :class:`~tether.PoolTimeout` as its grant.
+        """
+        timed = self._timed
+        while timed:
+            waiter = timed[0]
+            if waiter.grant is None and not waiter.cancelled:
+                if waiter.deadline > now:
+                    break
+                self._time_out(waiter, now)
+            timed.popleft()
+        early = self._early
+        while early:
+            deadline, _, waiter = early[0]
+            if waiter.grant is None and not waiter.cancelled:
+                if deadline > now:
+                    break
+                self._time_out(waiter, now)
+            heapq.heappop(early)
+        return min(timed[0].deadline if timed else INF, early[0][0] if early else INF)
+
+    def _time_out(self, waiter: Waiter[R], now: float) -> None:
+        self._waiting -= 1
+        if not self._waiting:
+            self._restabilize()
+        self.timeouts += 1
+        self._wake(waiter, self.timeout_error(now - waiter.since, now))
 
     def _hand_out(self, slot: Slot[R], now: float, waiter: Waiter[R]) -> None:
         slot.lease += 1
@@ -610,11 +705,8 @@ class PoolCore(Generic[R]):
         slot.site_code = waiter.site_code
         slot.site_offset = waiter.site_offset
         waiter.grant = slot
-        wait = now - waiter.since
-        self._waits.append(wait)
-        self._slow_count += 1
-        self._wait_total += wait
-        self._wait_max = max(wait, self._wait_max)
+        self._slow += 1
+        self._waits.append(now - waiter.since)
 
     def _wake(self, waiter: Waiter[R], grant: _Create | BaseException) -> None:
         """Deliver ``grant`` to a waiter popped from the queue, and tell the shell."""
@@ -638,12 +730,13 @@ class PoolCore(Generic[R]):
             self._waiting -= 1
             if not self._waiting:
                 self._restabilize()
-            # Removed from the deque lazily; compact it when stale entries pile up.
+            # Removed from the deques lazily; compact them when stale entries pile up.
             if len(self._waiters) > 2 * self._waiting + 16:
                 self._waiters = deque(w for w in self._waiters if not w.cancelled)
+                self._timed = deque(w for w in self._timed if not w.cancelled)
         elif isinstance(grant, Slot):
             self._unhanded += 1
-            self._slow_count -= 1
+            self._slow -= 1
             self.release(grant, grant.lease, now, counted=False)
         elif grant is CREATE:
             self._creating -= 1
@@ -686,8 +779,9 @@ class PoolCore(Generic[R]):
         """A creation failed: enter the failing state and schedule the next attempt.
 
         ``waiter``, the caller that needed the resource (if it is still there), is woken
-        with the real error.
+        with the real error, which gets a note naming the pool.
         """
+        error.add_note(f"(while pool {self.config.name!r} was creating a resource)")
         if waiter is not None and not waiter.cancelled:
             self._wake(waiter, error)
         self._creating -= 1
@@ -740,22 +834,51 @@ class PoolCore(Generic[R]):
 
     # ------------------------------------------------------------------ return
 
-    def give_back(self, slot: Slot[R], lease: int, now: float) -> None:
-        """:meth:`release` of a healthy resource, with a short way for the common case."""
-        if slot.lease == lease and self._steady and now < slot.fast_until:
-            slot.lease = lease + 1
-            hold = now - slot.acquired_at
-            self._holds.append(hold)
-            self._hold_total += hold
-            if hold > self._hold_max:  # noqa: PLR1730 - max() costs 4x more here
-                self._hold_max = hold
-            slot.idle_since = now
-            if self._has_check:
-                due = now + self._check_after
-                slot.fresh_until = due if due < slot.expires_at else slot.expires_at
-            self._idle.append(slot)
-            return
+    def give_back(self, slot: Slot[R], lease: int, now: float) -> Waiter[R] | bool | None:
+        """:meth:`release` of a healthy resource, with short ways for the common cases:
+        back onto the idle stack, or straight to the longest waiter.
+
+        Returns:
+            ``None`` when there is nothing more to do; the waiter the resource was handed
+            to on the short way, for the shell to wake (it is not added to :attr:`woken`);
+            or ``True`` when :attr:`woken` or :attr:`doomed` need carrying out.
+        """
+        if slot.lease != lease or now >= slot.fast_until:
+            return self._release_and_tell(slot, lease, now)
+        if not self._steady:
+            if self._waiting and self._smooth:
+                # Straight to the longest waiter. This is what _next_waiter() and
+                # _hand_out() do, written out: it is the hot path of a contended pool.
+                waiters = self._waiters
+                waiter = waiters.popleft()
+                while waiter.cancelled or waiter.grant is not None:
+                    waiter = waiters.popleft()  # a live one exists: _waiting > 0
+                self._waiting -= 1
+                if not self._waiting:
+                    self._restabilize()
+                self._holds.append(now - slot.acquired_at)
+                slot.lease = lease + 2  # the end of one lease, the start of the next
+                slot.idle_since = slot.acquired_at = now
+                slot.owner = waiter.owner
+                slot.site_code = waiter.site_code
+                slot.site_offset = waiter.site_offset
+                waiter.grant = slot
+                self._slow += 1
+                self._waits.append(now - waiter.since)
+                return waiter
+            return self._release_and_tell(slot, lease, now)
+        slot.lease = lease + 1
+        self._holds.append(now - slot.acquired_at)
+        slot.idle_since = now
+        if self._has_check:
+            due = now + self._check_after
+            slot.fresh_until = due if due < slot.expires_at else slot.expires_at
+        self._idle.append(slot)
+        return None
+
+    def _release_and_tell(self, slot: Slot[R], lease: int, now: float) -> bool | None:
         self.release(slot, lease, now)
+        return True if self.woken or self.doomed else None
 
     def release(
         self,
@@ -792,10 +915,7 @@ class PoolCore(Generic[R]):
         slot.owner = None
         slot.uses_left -= 1
         if counted:
-            hold = now - slot.acquired_at
-            self._holds.append(hold)
-            self._hold_total += hold
-            self._hold_max = max(hold, self._hold_max)
+            self._holds.append(now - slot.acquired_at)
             if broken:
                 self.broken += 1
         if broken:
@@ -807,11 +927,12 @@ class PoolCore(Generic[R]):
     def _settle(self, slot: Slot[R], now: float) -> None:
         """Place a returned (or newly made, unclaimed) resource: retire it if it is spent,
         else hand it to the next waiter, else put it on the idle stack."""
+        expires_at = slot.expires_at
         if (
             slot.uses_left <= 0
-            or now >= slot.expires_at
+            or now >= expires_at
             or self.state is not OPEN
-            or self.size > self.config.max_size
+            or len(self._slots) + self._creating > self.config.max_size
         ):
             self._doom(slot)
             return
@@ -819,9 +940,12 @@ class PoolCore(Generic[R]):
         if self._has_check and slot.trusted_since < self._outage_at:
             # It was around when something broke: it must pass a check before reuse.
             slot.fresh_until = slot.fast_until = -INF
+            slot.must_check = True
         else:
-            slot.fresh_until = min(now + self._check_after, slot.expires_at)
-            slot.fast_until = slot.expires_at
+            due = now + self._check_after
+            slot.fresh_until = due if due < expires_at else expires_at
+            slot.fast_until = expires_at
+            slot.must_check = False
         waiter = self._next_waiter()
         if waiter is not None:
             self._hand_out(slot, now, waiter)
@@ -884,7 +1008,10 @@ class PoolCore(Generic[R]):
             self._doom(self._idle.popleft())
         self._restabilize()
         while self._waiting and self.state is OPEN and self.size < new_max:
+            woken = len(self.woken)
             self._offer_room(now)
+            if len(self.woken) == woken:
+                break
 
     def maintain(self, now: float) -> tuple[list[Slot[R]], float]:
         """Periodic work: retire idle resources that expired or idled too long.
@@ -966,19 +1093,8 @@ class PoolCore(Generic[R]):
             create_errors=self.create_errors,
             check_failures=self.check_failures,
             broken=self.broken,
-            wait=DurationSummary.of(
-                self._waits,
-                count=acquired,
-                total=self._wait_total,
-                largest=self._wait_max,
-                zeros=acquired - self._slow_count,
-            ),
-            hold=DurationSummary.of(
-                self._holds,
-                count=acquired - held,
-                total=self._hold_total,
-                largest=self._hold_max,
-            ),
+            wait=DurationSummary.of(self._waits, count=acquired, zeros=acquired - self._slow),
+            hold=DurationSummary.of(self._holds, count=acquired - held),
             last_create_error=None if self.last_error is None else repr(self.last_error),
         )
 

@@ -20,8 +20,9 @@ R_co = TypeVar("R_co", covariant=True)
 class DurationSummary:
     """A summary of durations, in seconds.
 
-    ``p50`` and ``p99`` come from the most recent samples (a bounded window), ``count``,
-    ``mean`` and ``max`` from every sample since the pool was created.
+    ``count`` covers every duration since the pool was created. ``mean``, ``p50``, ``p99``
+    and ``max`` are taken from the most recent ones (a window of a few thousand), so they
+    describe how the pool behaves now rather than since it started.
     """
 
     count: int
@@ -31,27 +32,24 @@ class DurationSummary:
     max: float
 
     @classmethod
-    def of(
-        cls, window: Iterable[float], *, count: int, total: float, largest: float, zeros: int = 0
-    ) -> DurationSummary:
-        """Summarise ``count`` durations, ``zeros`` of which were exactly zero.
+    def of(cls, window: Iterable[float], *, count: int, zeros: int = 0) -> DurationSummary:
+        """Summarise ``count`` durations.
 
         Args:
-            window: the most recent non-zero durations (a sample of all of them).
+            window: the most recent non-zero durations, a sample of all of them.
             count: how many durations there were in all.
-            total: their sum.
-            largest: the largest.
-            zeros: how many were zero (not in ``window``).
+            zeros: how many of them were zero (and not recorded in ``window``).
         """
         samples = sorted(window)
-        if count <= 0:
-            return cls(count=0, mean=0.0, p50=0.0, p99=0.0, max=largest)
+        if count <= 0 or not samples:
+            return cls(count=max(count, 0), mean=0.0, p50=0.0, p99=0.0, max=0.0)
+        nonzero_share = (count - zeros) / count
         return cls(
             count=count,
-            mean=total / count,
+            mean=sum(samples) / len(samples) * nonzero_share,
             p50=_percentile(samples, zeros, count, 0.50),
             p99=_percentile(samples, zeros, count, 0.99),
-            max=largest,
+            max=samples[-1],
         )
 
 
@@ -59,7 +57,7 @@ def _percentile(nonzero: list[float], zeros: int, count: int, q: float) -> float
     """Nearest-rank percentile of ``zeros`` zeros and ``count - zeros`` non-zero values,
     of which ``nonzero`` (sorted) is a representative sample."""
     rank = max(1, math.ceil(q * count))
-    if rank <= zeros or not nonzero:
+    if rank <= zeros:
         return 0.0
     share = (rank - zeros) / (count - zeros)
     return nonzero[max(0, math.ceil(share * len(nonzero)) - 1)]
