@@ -13,7 +13,9 @@ from __future__ import annotations
 import inspect
 import os
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -106,6 +108,27 @@ def redis_url() -> str:
     except redis.RedisError as exc:
         service_unavailable(f"Redis at {url} did not answer PING: {exc}")
     return url
+
+
+@pytest.fixture(params=["threads", "asyncio", "asyncio-sync"])
+async def flavour(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncIterator[Any]:
+    """Each pool shell in turn behind one async API (see ``pool_flavours``): ``Pool`` on
+    threads, ``AsyncPool`` with async callables, ``AsyncPool`` with plain ones."""
+    from pool_flavours import FLAVOURS
+
+    chosen = FLAVOURS[request.param]()
+    try:
+        yield chosen
+    finally:
+        await chosen.aclose()
+
+
+@pytest.fixture
+def things() -> Any:
+    """A fresh pool resource factory (``pool_flavours.Things``)."""
+    from pool_flavours import Things
+
+    return Things()
 
 
 # -- Fault-test infrastructure (tests/infra) ----------------------------------------------

@@ -9,14 +9,20 @@ Integrations live in their own modules and need their extras: ``tether.postgres`
 Importing ``tether`` itself never imports an optional dependency.
 """
 
+from ._async_pool import AsyncPool as AsyncPool
 from ._exceptions import CleanupError as CleanupError
 from ._exceptions import PoolClosed as PoolClosed
 from ._exceptions import PoolError as PoolError
 from ._exceptions import PoolTimeout as PoolTimeout
+from ._exceptions import PoolUnavailable as PoolUnavailable
 from ._exceptions import StreamIdleTimeout as StreamIdleTimeout
 from ._exceptions import TetherError as TetherError
 from ._files import atomic_write as atomic_write
 from ._files import atomic_write_async as atomic_write_async
+from ._pool import Pool as Pool
+from ._pool_types import DurationSummary as DurationSummary
+from ._pool_types import Holder as Holder
+from ._pool_types import PoolStats as PoolStats
 from ._scope import AsyncScope as AsyncScope
 from ._scope import Scope as Scope
 from ._scope import cleanup_errors as cleanup_errors
@@ -33,12 +39,18 @@ from ._timing import timed as timed
 from ._version import __version__ as __version__
 
 __all__ = [
+    "AsyncPool",
     "AsyncScope",
     "AsyncStream",
     "CleanupError",
+    "DurationSummary",
+    "Holder",
+    "Pool",
     "PoolClosed",
     "PoolError",
+    "PoolStats",
     "PoolTimeout",
+    "PoolUnavailable",
     "Scope",
     "Stream",
     "StreamIdleTimeout",

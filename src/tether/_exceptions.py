@@ -10,6 +10,8 @@ The tree::
           ├── PoolError                    a pool refused or could not serve a request
           │    ├── PoolTimeout             it was busy: nothing free within acquire_timeout
           │    │                           (also a TimeoutError)
+          │    ├── PoolUnavailable         the outside world: it cannot create resources
+          │    │                           right now (``__cause__`` is the real error)
           │    └── PoolClosed              your code closed it (or never opened it)
           └── StreamIdleTimeout            the source sent nothing within idle_timeout
                                            (also a TimeoutError)
@@ -26,13 +28,17 @@ TimeoutError:`` clauses keep working.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
+
+if TYPE_CHECKING:
+    from ._pool_types import Holder, PoolStats
 
 __all__ = [
     "CleanupError",
     "PoolClosed",
     "PoolError",
     "PoolTimeout",
+    "PoolUnavailable",
     "StreamIdleTimeout",
     "TetherError",
 ]
@@ -86,6 +92,23 @@ class PoolTimeout(PoolError, TimeoutError):
     The message names the pool, gives its size, in-use, idle and waiting counts, the
     longest current holders with their age and acquisition site, and the last creation
     error if there was one. The same facts are available as attributes.
+
+    Attributes:
+        holders: who held the pool's resources when the wait gave up, longest first.
+        stats: the pool's statistics at that moment.
+    """
+
+    holders: Sequence[Holder[object]] = ()
+    stats: PoolStats | None = None
+
+
+class PoolUnavailable(PoolError):
+    """The pool cannot create resources right now: its last attempts failed.
+
+    Raised at once (instead of waiting out ``acquire_timeout``) to callers that need a new
+    resource while the pool is backing off after creation failures. ``__cause__`` is the
+    last real error (a refused connection, say). The pool keeps retrying in the background
+    and serves again as soon as a creation succeeds.
     """
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from types import CodeType
 from typing import Final, NamedTuple, final
 
 _PACKAGE_DIR: Final = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -27,6 +28,34 @@ class Site(NamedTuple):
 
 
 UNKNOWN_SITE: Final = Site("<unknown>", 0)
+
+
+def user_code(depth: int = 1) -> tuple[CodeType | None, int]:
+    """Like :func:`user_site`, but return the raw ``(code, instruction offset)``.
+
+    Cheaper than :func:`user_site` (no line-number lookup); turn it into a :class:`Site`
+    with :func:`code_site` when it is shown.
+    """
+    try:
+        frame = sys._getframe(depth + 1)
+    except ValueError:
+        return None, 0
+    while frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        back = frame.f_back
+        if back is None:
+            break
+        frame = back
+    return frame.f_code, frame.f_lasti
+
+
+def code_site(code: CodeType | None, offset: int) -> Site:
+    """The :class:`Site` of instruction ``offset`` in ``code``."""
+    if code is None:
+        return UNKNOWN_SITE
+    for start, end, line in code.co_lines():
+        if start <= offset < end and line is not None:
+            return Site(code.co_filename, line)
+    return Site(code.co_filename, code.co_firstlineno)
 
 
 def user_site(depth: int = 1) -> Site:

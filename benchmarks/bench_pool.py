@@ -1,0 +1,297 @@
+"""tether's pools against the simplest pools that could work, side by side in one run.
+
+The floors are written here, as small as a pool can be while still being correct for the
+measured use:
+
+* asyncio: a deque of idle items, a deque of waiter futures, and a class-based
+  ``async with`` (no timeouts, no statistics, no diagnostics);
+* threads: a ``Lock`` + ``Condition`` + deque.
+
+The resource is a bare ``object()``, so only pool overhead is measured. Each figure is the
+median of repeated runs, with tether and its floor interleaved run by run, so that the
+machine's noise hits both alike. Claims checked:
+
+* ``async with pool.acquire()`` uncontended: at most 2x the asyncio floor;
+* ``with pool.acquire()`` (threads) uncontended: at most 2x the threading floor;
+* contended, 200 tasks on a pool of 10, each acquire -> ``await asyncio.sleep(0)`` ->
+  release: throughput at least 0.8x the floor's, and p99 acquire wait at most 2x p50
+  (waiters are served fairly).
+
+Run: ``python benchmarks/bench_pool.py [--repeats N] [--check]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Generic, TypeVar
+
+import tether
+
+T = TypeVar("T")
+
+UNCONTENDED_TARGET = 2.0
+CONTENDED_TARGET = 0.8
+FAIRNESS_TARGET = 2.0
+WARM_UP_ROUNDS = 5
+"""Waits of each task's first rounds are not counted: they are the queue filling up (the
+first task waits for nobody, the 200th for 19 rounds of the others), not fairness."""
+
+
+class FloorAsyncPool(Generic[T]):
+    """The least an asyncio pool can do: idle deque, FIFO waiter futures."""
+
+    def __init__(self, items: list[T]) -> None:
+        self.idle: deque[T] = deque(items)
+        self.waiters: deque[asyncio.Future[T]] = deque()
+
+    def acquire(self) -> _FloorAcquire[T]:
+        return _FloorAcquire(self)
+
+    def release(self, item: T) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(item)
+                return
+        self.idle.append(item)
+
+
+class _FloorAcquire(Generic[T]):
+    __slots__ = ("item", "pool")
+
+    def __init__(self, pool: FloorAsyncPool[T]) -> None:
+        self.pool = pool
+
+    async def __aenter__(self) -> T:
+        pool = self.pool
+        if pool.idle and not pool.waiters:
+            self.item = pool.idle.pop()
+        else:
+            waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            pool.waiters.append(waiter)
+            self.item = await waiter
+        return self.item
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.pool.release(self.item)
+
+
+class FloorThreadPool(Generic[T]):
+    """The least a thread-safe pool can do: Lock + Condition + deque."""
+
+    def __init__(self, items: list[T]) -> None:
+        self.idle: deque[T] = deque(items)
+        self.lock = threading.Lock()
+        self.available = threading.Condition(self.lock)
+
+    def acquire(self) -> _FloorThreadAcquire[T]:
+        return _FloorThreadAcquire(self)
+
+
+class _FloorThreadAcquire(Generic[T]):
+    __slots__ = ("item", "pool")
+
+    def __init__(self, pool: FloorThreadPool[T]) -> None:
+        self.pool = pool
+
+    def __enter__(self) -> T:
+        pool = self.pool
+        with pool.lock:
+            while not pool.idle:
+                pool.available.wait()
+            self.item = pool.idle.pop()
+        return self.item
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pool = self.pool
+        with pool.lock:
+            pool.idle.append(self.item)
+            pool.available.notify()
+
+
+# ---------------------------------------------------------------------- uncontended
+
+
+async def _async_cycles(pool: FloorAsyncPool[object] | tether.AsyncPool[object], n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        async with pool.acquire():
+            pass
+    return (time.perf_counter() - start) / n
+
+
+def _thread_cycles(pool: FloorThreadPool[object] | tether.Pool[object], n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        with pool.acquire():
+            pass
+    return (time.perf_counter() - start) / n
+
+
+async def uncontended_async(repeats: int, cycles: int) -> tuple[float, float]:
+    """Median seconds per cycle: (floor, tether)."""
+    floor = FloorAsyncPool([object()])
+    floor_times, tether_times = [], []
+    async with tether.AsyncPool(object, min_size=1, max_size=1) as pool:
+        await _async_cycles(floor, cycles)
+        await _async_cycles(pool, cycles)
+        for _ in range(repeats):
+            floor_times.append(await _async_cycles(floor, cycles))
+            tether_times.append(await _async_cycles(pool, cycles))
+    return statistics.median(floor_times), statistics.median(tether_times)
+
+
+def uncontended_threads(repeats: int, cycles: int) -> tuple[float, float]:
+    """Median seconds per cycle: (floor, tether)."""
+    floor = FloorThreadPool([object()])
+    floor_times, tether_times = [], []
+    with tether.Pool(object, min_size=1, max_size=1) as pool:
+        _thread_cycles(floor, cycles)
+        _thread_cycles(pool, cycles)
+        for _ in range(repeats):
+            floor_times.append(_thread_cycles(floor, cycles))
+            tether_times.append(_thread_cycles(pool, cycles))
+    return statistics.median(floor_times), statistics.median(tether_times)
+
+
+# ---------------------------------------------------------------------- contended
+
+
+async def _contended(
+    acquire: Callable[[], object], tasks: int, rounds: int, waits: list[float] | None
+) -> float:
+    """Run ``tasks`` tasks, each ``rounds`` x (acquire -> sleep(0) -> release); ops/s."""
+
+    async def worker() -> None:
+        for round_number in range(rounds):
+            if waits is None:
+                async with acquire():  # type: ignore[attr-defined]
+                    await asyncio.sleep(0)
+            else:
+                asked = time.perf_counter()
+                async with acquire():  # type: ignore[attr-defined]
+                    if round_number >= WARM_UP_ROUNDS:
+                        waits.append(time.perf_counter() - asked)
+                    await asyncio.sleep(0)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(tasks)))
+    return tasks * rounds / (time.perf_counter() - start)
+
+
+def _p50_p99(waits: list[float]) -> tuple[float, float]:
+    waits.sort()
+    return waits[len(waits) // 2], waits[int(len(waits) * 0.99)]
+
+
+async def contended(
+    repeats: int, tasks: int, size: int, rounds: int
+) -> tuple[float, float, tuple[float, float], tuple[float, float]]:
+    """Floor and tether ops/s, then their (p50, p99) acquire waits."""
+    floor = FloorAsyncPool([object() for _ in range(size)])
+    floor_rates, tether_rates = [], []
+    async with tether.AsyncPool(object, min_size=size, max_size=size) as pool:
+        for _ in range(repeats):
+            floor_rates.append(await _contended(floor.acquire, tasks, rounds, None))
+            tether_rates.append(await _contended(pool.acquire, tasks, rounds, None))
+        floor_waits: list[float] = []
+        await _contended(floor.acquire, tasks, rounds, floor_waits)
+        waits: list[float] = []
+        await _contended(pool.acquire, tasks, rounds, waits)
+    return (
+        statistics.median(floor_rates),
+        statistics.median(tether_rates),
+        _p50_p99(floor_waits),
+        _p50_p99(waits),
+    )
+
+
+# ---------------------------------------------------------------------- report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--cycles", type=int, default=50_000)
+    parser.add_argument("--check", action="store_true", help="exit 1 if a claim fails")
+    args = parser.parse_args(argv)
+
+    results: list[tuple[str, str, str, str, bool]] = []
+
+    def run(coro: Awaitable[T]) -> T:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+
+    floor, ours = run(uncontended_async(args.repeats, args.cycles))
+    ratio = ours / floor
+    results.append(
+        (
+            "async with pool.acquire(), uncontended",
+            f"{floor * 1e6:.3f} us",
+            f"{ours * 1e6:.3f} us",
+            f"{ratio:.2f}x (<= {UNCONTENDED_TARGET}x)",
+            ratio <= UNCONTENDED_TARGET,
+        )
+    )
+    floor, ours = uncontended_threads(args.repeats, args.cycles)
+    ratio = ours / floor
+    results.append(
+        (
+            "with pool.acquire() (threads), uncontended",
+            f"{floor * 1e6:.3f} us",
+            f"{ours * 1e6:.3f} us",
+            f"{ratio:.2f}x (<= {UNCONTENDED_TARGET}x)",
+            ratio <= UNCONTENDED_TARGET,
+        )
+    )
+    floor_rate, our_rate, (floor_p50, floor_p99), (p50, p99) = run(
+        contended(max(3, args.repeats // 3), tasks=200, size=10, rounds=100)
+    )
+    ratio = our_rate / floor_rate
+    results.append(
+        (
+            "200 tasks on 10, acquire -> sleep(0) -> release",
+            f"{floor_rate:,.0f} ops/s",
+            f"{our_rate:,.0f} ops/s",
+            f"{ratio:.2f}x (>= {CONTENDED_TARGET}x)",
+            ratio >= CONTENDED_TARGET,
+        )
+    )
+    fairness = p99 / p50
+    results.append(
+        (
+            "  acquire wait p50 / p99 (fairness)",
+            f"{floor_p50 * 1e3:.2f} / {floor_p99 * 1e3:.2f} ms",
+            f"{p50 * 1e3:.2f} / {p99 * 1e3:.2f} ms",
+            f"p99/p50 {fairness:.2f} (<= {FAIRNESS_TARGET})",
+            fairness <= FAIRNESS_TARGET,
+        )
+    )
+
+    print(f"{'benchmark':<50} {'floor':>14} {'tether':>20}  ratio")
+    for name, floor_text, our_text, ratio_text, ok in results:
+        mark = "" if ok else "  <-- over budget"
+        print(f"{name:<50} {floor_text:>14} {our_text:>20}  {ratio_text}{mark}")
+    failed = [name for name, *_, ok in results if not ok]
+    return 1 if args.check and failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

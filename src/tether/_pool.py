@@ -1,0 +1,588 @@
+"""``Pool``: the threading shell around the pool core.
+
+Every call into the core happens under one lock; everything that may block (creating,
+checking, resetting and destroying resources, and waiting) happens outside it. A waiting
+thread sleeps on a lock of its own, which the thread that wakes it releases, so a
+hand-off wakes exactly the thread it is meant for.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from types import CodeType, TracebackType
+from typing import Final, Generic, TypeVar, cast, final
+
+from ._pool_base import DEFAULT, PoolShell, logger
+from ._pool_core import CLOSED, CREATE, OPEN, Slot, Waiter, _Create, timeout_or_none
+from ._pool_types import Holder, PoolStats
+from ._sites import user_code
+
+__all__ = ["Pool"]
+
+R = TypeVar("R")
+
+_monotonic: Final = time.monotonic
+_getframe: Final = sys._getframe
+_current_thread: Final = threading.current_thread
+
+
+@final
+class Pool(PoolShell[R]):
+    """A fair, thread-safe pool of resources: the threaded twin of :class:`AsyncPool`.
+
+    Same options and behaviour as :class:`~tether.AsyncPool`, with plain callables:
+    ``create``, ``destroy``, ``check`` and ``reset`` run in the calling thread, outside the
+    pool's lock. ``acquire_timeout`` bounds the wait for a resource; it cannot interrupt a
+    ``create`` in progress, so give ``create`` its own timeout (the database adapters
+    do).
+
+    Args:
+        create: makes a resource.
+        destroy: disposes of a resource. Errors are logged, not raised.
+        check: raises, or returns ``False``, if a resource is unusable. Runs on borrow,
+            only for resources idle longer than ``check_after`` seconds.
+        reset: runs on every return; if it fails, the resource is destroyed.
+        is_broken: given an exception raised inside ``acquire()``, says whether the
+            resource must be destroyed instead of reused.
+        min_size: resources kept ready (created on open, refilled in the background).
+        max_size: the most resources in existence at once.
+        acquire_timeout: seconds ``acquire()`` waits; ``None`` waits forever.
+        max_lifetime: seconds after which a resource is retired (up to 10 % jitter).
+        max_idle: seconds after which an idle resource above ``min_size`` is destroyed.
+        max_uses: hand-outs after which a resource is retired.
+        check_after: seconds of idleness after which ``check`` runs on borrow.
+        leak_timeout: a resource held longer than this is reported once.
+        name: the pool's name in messages and statistics.
+        retry_delay: ``(first, cap)`` seconds of backoff between failed creations.
+
+    Raises:
+        TypeError: a callable argument is not callable, or a size is not an int.
+        ValueError: an option is out of range; the message names it.
+    """
+
+    def __init__(
+        self,
+        create: Callable[[], R],
+        *,
+        destroy: Callable[[R], object] | None = None,
+        check: Callable[[R], object] | None = None,
+        reset: Callable[[R], object] | None = None,
+        is_broken: Callable[[BaseException], bool] | None = None,
+        min_size: int = 0,
+        max_size: int = 10,
+        acquire_timeout: float | None = 30.0,
+        max_lifetime: float | None = None,
+        max_idle: float | None = None,
+        max_uses: int | None = None,
+        check_after: float = 1.0,
+        leak_timeout: float | None = None,
+        name: str | None = None,
+        retry_delay: tuple[float, float] = (0.1, 5.0),
+    ) -> None:
+        super().__init__(
+            create,
+            destroy=destroy,
+            check=check,
+            reset=reset,
+            is_broken=is_broken,
+            min_size=min_size,
+            max_size=max_size,
+            acquire_timeout=acquire_timeout,
+            max_lifetime=max_lifetime,
+            max_idle=max_idle,
+            max_uses=max_uses,
+            check_after=check_after,
+            leak_timeout=leak_timeout,
+            name=name,
+            retry_delay=retry_delay,
+        )
+        self._create = create
+        self._destroy = destroy
+        self._check = check
+        self._reset = reset
+        self._is_broken = is_broken
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        """Notified when resources come back to a closing pool, or the housekeeper is
+        needed sooner than it planned."""
+        self._pokes = 0
+        """How many times the housekeeper was asked for an early round; it compares this
+        under the lock before sleeping, so that no request made while it works is lost."""
+        self._housekeeper: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self, *, wait: bool = True) -> None:
+        """Start serving, and create ``min_size`` resources.
+
+        Args:
+            wait: create the first ``min_size`` resources before returning. If one of
+                them fails, the pool is closed and the error raised. With ``wait=False``
+                they are created in the background (failures are retried).
+
+        Raises:
+            PoolClosed: the pool was already opened or closed.
+        """
+        with self._lock:
+            self._core.open()
+            count = 0 if not wait else self._core.refill(_monotonic())
+        for index in range(count):
+            try:
+                resource = self._create()
+            except BaseException as error:
+                with self._lock:
+                    self._core.create_failed(error, _monotonic(), None)
+                    for _ in range(count - index - 1):
+                        self._core.creation_abandoned(None)
+                self._flush()
+                self.close()
+                raise
+            with self._lock:
+                self._core.created(resource, _monotonic(), None)
+            self._flush()
+        self._start_housekeeper()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Close the pool.
+
+        New acquires and current waiters get :class:`~tether.PoolClosed`; idle resources
+        are destroyed now; held ones are destroyed when returned (returning to a closed
+        pool is not an error).
+
+        Args:
+            timeout: wait up to this many seconds for held resources to be returned, then
+                destroy them anyway. ``None`` does not wait for them.
+
+        Raises:
+            ValueError: ``timeout`` is negative.
+        """
+        timeout = timeout_or_none("timeout", timeout)
+        core = self._core
+        with self._lock:
+            if core.state is CLOSED:
+                return
+            core.close()
+            self._notify()
+        self._flush()
+        housekeeper, self._housekeeper = self._housekeeper, None
+        if housekeeper is not None and housekeeper is not threading.current_thread():
+            housekeeper.join()
+        if timeout is not None:
+            deadline = _monotonic() + timeout
+            with self._lock:
+                while core.held_count and (left := deadline - _monotonic()) > 0:
+                    self._changed.wait(left)
+                if core.held_count:
+                    core.reclaim_held()
+            self._flush()
+        if core.held_count:
+            self._report_held_at_close()
+
+    def __enter__(self) -> Pool[R]:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ reporting
+
+    def stats(self) -> PoolStats:
+        """A frozen snapshot of the pool's state and counters."""
+        with self._lock:  # taken while other threads change the resources it counts
+            return self._core.stats()
+
+    def holders(self) -> list[Holder[R]]:
+        """Who holds the pool's resources right now, longest-held first.
+
+        Each :class:`~tether.Holder` gives the resource, how long it has been held, where it
+        was acquired (``file:line`` in your code) and by which thread.
+        """
+        with self._lock:
+            return self._core.holders(_monotonic())
+
+    # ------------------------------------------------------------------ acquire
+
+    def acquire(self, *, timeout: float | None = DEFAULT) -> _Acquire[R]:
+        """Borrow a resource for the duration of a ``with`` block.
+
+        ``with pool.acquire() as resource: ...`` returns the resource at the end of the
+        block, whatever happens in it; an exception for which ``is_broken`` is true
+        destroys it.
+
+        Args:
+            timeout: seconds to wait for a resource; defaults to the pool's
+                ``acquire_timeout``; ``None`` waits forever.
+
+        Raises:
+            PoolTimeout: nothing became free in time.
+            PoolClosed: the pool is closed or not open.
+            PoolUnavailable: the pool is failing to create resources right now.
+            ValueError: ``timeout`` is negative.
+        """
+        if timeout is not DEFAULT:
+            self._resolve_timeout(timeout)  # refuse bad input here, even on the fast path
+        frame = _getframe(1)
+        return _Acquire(self, timeout, frame.f_code, frame.f_lasti)
+
+    def get(self, *, timeout: float | None = DEFAULT) -> R:
+        """Borrow a resource; give it back with :meth:`put`. Prefer :meth:`acquire`.
+
+        Raises:
+            PoolTimeout: nothing became free in time.
+            PoolClosed: the pool is closed or not open.
+            PoolUnavailable: the pool is failing to create resources right now.
+            ValueError: ``timeout`` is negative.
+        """
+        if timeout is not DEFAULT:
+            self._resolve_timeout(timeout)
+        code, offset = user_code(1)
+        return self._take(timeout, code, offset)[0].resource
+
+    def put(self, resource: R, *, broken: bool = False) -> None:
+        """Give back a resource borrowed with :meth:`get`.
+
+        Args:
+            resource: the resource.
+            broken: destroy it instead of reusing it.
+
+        Raises:
+            ValueError: the resource is not held from this pool (or was already returned);
+                nothing in the pool changes.
+        """
+        with self._lock:
+            slot = self._core.slot_of(resource)
+            if slot is not None and not slot.held:
+                slot = None  # given back already: refused before reset can touch it
+        if slot is None:
+            if self.closed:
+                return
+            raise ValueError(f"{resource!r} is not held from pool {self.name!r}")
+        self._give_back(slot, slot.lease, None, broken=broken)
+
+    def _take(
+        self, timeout: float | None, site_code: CodeType | None, site_offset: int
+    ) -> tuple[Slot[R], int]:
+        """Hand out a slot and the lease it is held under: fast path, else slow."""
+        lock = self._lock
+        with lock:
+            slot = self._core.take(_monotonic())
+            if slot is not None:
+                slot.owner = _current_thread()
+                slot.site_code = site_code
+                slot.site_offset = site_offset
+                return slot, slot.lease
+        slot = self._acquire(timeout, site_code, site_offset)
+        return slot, slot.lease
+
+    def _acquire(
+        self, timeout: float | None, site_code: CodeType | None, site_offset: int
+    ) -> Slot[R]:
+        """The slow path: check, create, or wait in line."""
+        now = _monotonic()
+        wait_for = self._resolve_timeout(timeout)
+        deadline = float("inf") if wait_for is None else now + wait_for
+        core = self._core
+        waiter: Waiter[R] = Waiter(None, _current_thread(), site_code, site_offset, now)
+        with self._lock:
+            grant = core.acquire(now, waiter)
+            if grant is None:
+                waiter.handle = _sleeper()
+        self._flush()
+        while True:
+            if grant is None:
+                grant = self._wait(waiter, deadline)
+            if isinstance(grant, Slot):
+                if self._check is not None:
+                    with self._lock:
+                        due = core.needs_check(grant, _monotonic())
+                    if due:
+                        if self._passes_check(grant):
+                            with self._lock:
+                                core.check_passed(grant, _monotonic())
+                            return grant
+                        with self._lock:
+                            grant = core.check_failed(grant, waiter, _monotonic())
+                            if grant is None:
+                                waiter.handle = _sleeper()
+                        self._flush()
+                        continue
+                return grant
+            if grant is CREATE:
+                return self._create_for(waiter)
+            assert isinstance(grant, BaseException)
+            raise grant
+
+    def _wait(self, waiter: Waiter[R], deadline: float) -> Slot[R] | _Create | BaseException | None:
+        """Sleep until the core grants ``waiter`` something, or give up."""
+        sleeper = cast("threading.Lock", waiter.handle)
+        try:
+            left = deadline - _monotonic()
+            woken = sleeper.acquire(timeout=-1 if left == float("inf") else max(left, 0.0))
+        except BaseException:  # KeyboardInterrupt while waiting: give up the place
+            with self._lock:
+                self._core.cancel_wait(waiter, _monotonic(), timed_out=False)
+            self._flush()
+            raise
+        with self._lock:
+            if woken or waiter.grant is not None:
+                return waiter.grant
+            now = _monotonic()
+            self._core.cancel_wait(waiter, now, timed_out=True)
+            error = self._core.timeout_error(now - waiter.since, now)
+        self._flush()
+        raise error
+
+    def _create_for(self, waiter: Waiter[R]) -> Slot[R]:
+        """Create a resource under a permit, for ``waiter`` (the calling thread)."""
+        try:
+            resource = self._create()
+        except Exception as error:
+            with self._lock:
+                self._core.create_failed(error, _monotonic(), None)
+            self._flush()
+            self._poke_housekeeper()
+            raise
+        except BaseException:
+            # Interrupted (KeyboardInterrupt): not a failure to create, and no reason to
+            # back off; the permit passes to the next caller.
+            with self._lock:
+                self._core.cancel_wait(waiter, _monotonic(), timed_out=False)
+            self._flush()
+            raise
+        with self._lock:
+            # The creating thread is awake: nothing must release its sleeper again (it may
+            # already have been released, if the permit came just as the wait timed out).
+            waiter.handle = None
+            slot = self._core.created(resource, _monotonic(), waiter)
+        self._flush()
+        if waiter.grant is slot:
+            return slot
+        raise self._core._closed_error()  # closed while creating: the resource is retired
+
+    def _passes_check(self, slot: Slot[R]) -> bool:
+        check = self._check
+        assert check is not None
+        try:
+            verdict = check(slot.resource)
+        except Exception:  # noqa: BLE001 - a check that raises is a failed check
+            return False
+        except BaseException:
+            with self._lock:
+                self._core.drop(slot)
+            self._flush()
+            raise
+        return verdict is not False
+
+    # ------------------------------------------------------------------ return
+
+    def _give_back(
+        self, slot: Slot[R], lease: int, error: BaseException | None, *, broken: bool = False
+    ) -> None:
+        """Reset and return a resource; ``error`` is what the holder's block raised."""
+        if slot.lease != lease:
+            # Given back already (or reclaimed by a close that timed out), and perhaps
+            # handed to someone else since: not this caller's to reset. The core refuses
+            # the return, or accepts a reclaimed one silently.
+            with self._lock:
+                self._core.release(slot, lease, _monotonic())
+            return
+        if error is not None and not broken and self._is_broken is not None:
+            broken = self._judge(error)
+        reset = self._reset
+        if reset is not None and not broken:
+            try:
+                reset(slot.resource)
+            except Exception:  # noqa: BLE001 - a failed reset means a broken resource
+                broken = True
+            except BaseException:
+                with self._lock:
+                    self._core.release(slot, lease, _monotonic(), broken=True)
+                self._flush()
+                raise
+        with self._lock:
+            self._core.release(slot, lease, _monotonic(), broken=broken)
+        self._flush()
+
+    def _judge(self, error: BaseException) -> bool:
+        is_broken = self._is_broken
+        assert is_broken is not None
+        try:
+            return bool(is_broken(error))
+        except Exception:  # noqa: BLE001 - when in doubt, do not reuse the resource
+            logger.warning("pool %r: is_broken raised; destroying the resource", self.name)
+            return True
+
+    # ------------------------------------------------------------------ carrying out
+
+    def _flush(self) -> None:
+        """Carry out the core's decisions (outside the lock): wake, destroy, refill."""
+        core = self._core
+        with self._lock:
+            if not core.woken and not core.doomed:
+                return
+            woken, core.woken = core.woken, []
+            doomed, core.doomed = core.doomed, []
+        for waiter in woken:
+            sleeper = cast("threading.Lock | None", waiter.handle)
+            if sleeper is not None:
+                sleeper.release()
+        for slot in doomed:
+            self._destroy_now(slot)
+
+    def _destroy_now(self, slot: Slot[R]) -> None:
+        destroy = self._destroy
+        if destroy is not None:
+            try:
+                destroy(slot.resource)
+            except Exception as error:  # noqa: BLE001 - reported; the slot is gone anyway
+                self._report_destroy_error(slot.resource, error)
+        with self._lock:
+            self._core.destroyed(slot, _monotonic())
+            self._notify()  # a closing pool may be done; an open one may need a refill
+        self._flush()
+
+    def _refill(self) -> bool:
+        """Create what ``min_size`` asks for, in the calling (housekeeping) thread.
+
+        Returns:
+            whether a creation failed (and a retry must be scheduled).
+        """
+        failed = False
+        with self._lock:
+            count = self._core.refill(_monotonic())
+        for _ in range(count):
+            try:
+                resource = self._create()
+            except Exception as error:  # noqa: BLE001 - recorded; retried after backoff
+                failed = True
+                with self._lock:
+                    self._core.create_failed(error, _monotonic(), None)
+            else:
+                with self._lock:
+                    self._core.created(resource, _monotonic(), None)
+            self._flush()
+        return failed
+
+    def _start_housekeeper(self) -> None:
+        self._housekeeper = threading.Thread(
+            target=_housekeep,
+            args=(weakref.ref(self),),
+            name=f"tether pool {self.name!r}",
+            daemon=True,
+        )
+        self._housekeeper.start()
+
+    def _poke_housekeeper(self) -> None:
+        with self._lock:
+            self._notify()
+
+    def _notify(self) -> None:
+        """Under the lock: wake the housekeeper, and whoever waits in close(timeout)."""
+        self._pokes += 1
+        self._changed.notify_all()
+
+    def _forget_shell_state(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._housekeeper = None
+
+    def resize(self, *, min_size: int | None = None, max_size: int | None = None) -> None:
+        """Change ``min_size`` and/or ``max_size`` while the pool runs.
+
+        Shrinking destroys idle resources above the new ``max_size`` now and held ones as
+        they are returned; growing lets waiters create resources at once and refills to
+        the new ``min_size`` in the background.
+
+        Raises:
+            ValueError: the new bounds are invalid (same rules as the constructor).
+        """
+        with self._lock:
+            self._core.resize(min_size, max_size, _monotonic())
+            self._notify()
+        self._flush()
+
+
+def _sleeper() -> threading.Lock:
+    """A lock that is already held: a waiting thread blocks on it until woken."""
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
+def _housekeep(pool_ref: weakref.ref[Pool[R]]) -> None:
+    """Background upkeep: refills, retirements, leak reports. Holds the pool weakly, so
+    that an abandoned pool can still be collected (and warn that it was never closed)."""
+    while True:
+        pool = pool_ref()
+        if pool is None:
+            return
+        with pool._lock:
+            if pool._core.state is not OPEN:
+                return
+            pokes = pool._pokes
+            now = _monotonic()
+            leaked, next_due = pool._core.maintain(now)
+        pool._report_leaks(leaked, now)
+        pool._flush()
+        if pool._refill():
+            continue  # the next round schedules the retry
+        delay = min(next_due - _monotonic(), pool._tick, 60.0)
+        changed = pool._changed
+        with changed:
+            if pool._pokes != pokes:
+                continue  # asked for another round meanwhile (a close, a destruction...)
+            del pool  # sleep without keeping the pool alive
+            changed.wait(max(delay, 0.001))
+
+
+@final
+class _Acquire(Generic[R]):
+    """``with pool.acquire() as resource``: the context manager behind it."""
+
+    __slots__ = ("_lease", "_pool", "_site_code", "_site_offset", "_slot", "_timeout")
+
+    def __init__(
+        self,
+        pool: Pool[R],
+        timeout: float | None,
+        site_code: CodeType | None,
+        site_offset: int,
+    ) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._site_code = site_code
+        self._site_offset = site_offset
+
+    def __enter__(self) -> R:
+        self._slot, self._lease = self._pool._take(
+            self._timeout, self._site_code, self._site_offset
+        )
+        return self._slot.resource
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pool = self._pool
+        if exc is None and pool._reset is None:
+            core = pool._core
+            with pool._lock:
+                handed_to = core.give_back(self._slot, self._lease, _monotonic())
+            if handed_to is True:
+                pool._flush()
+            elif handed_to is not None:
+                handed_to.handle.release()  # type: ignore[union-attr]
+            return
+        pool._give_back(self._slot, self._lease, exc)

@@ -1,0 +1,1122 @@
+"""The pool's brain: every decision a pool makes, with no locks, no awaits and no clock.
+
+Theory of operation
+===================
+
+A pool is a bookkeeping problem wrapped in I/O. This module is the bookkeeping; the
+shells (:class:`tether.Pool` on threads, :class:`tether.AsyncPool` on an event loop) are the
+I/O. The shells hold a lock or run on one event loop, call a :class:`PoolCore` method with
+the current time, and carry out what it decided: signal the waiters it woke, create or
+destroy the resources it named. They decide nothing themselves. Because the core never
+blocks, never reads a clock and never calls user code, it can be driven step by step by a
+property-based test with a fake clock.
+
+Slots and leases
+----------------
+Every resource lives in a :class:`Slot` from creation to destruction: ``LIVE`` (idle or
+held), then ``DOOMED`` (picked for destruction; it still counts towards the pool's size
+until the shell reports it destroyed, so the number of real resources never exceeds
+``max_size``), then ``GONE``. Each hand-out and the end of each lease increment the slot's
+``lease``, so a live slot is held exactly while its lease is odd, and the number of
+hand-outs is counted by the leases themselves (the fast path counts nothing). A return
+names the lease it ends, so a stale return (a second ``put()``, or a context manager
+exiting after a manual ``put()``) is recognised and refused instead of ending someone
+else's lease.
+
+Size accounting::
+
+    size = idle + held + creating + doomed  <=  max_size        (always)
+
+Waiting
+-------
+Callers that find nothing idle and no room to create are queued in arrival order. A waiter
+is woken with a *grant*: a slot (handed over directly by a release, no round trip through
+the idle stack), a permit to create a resource itself (room appeared), or an error (the
+pool closed, or it is failing to create resources). Nothing idle ever sits beside a live
+waiter, so the fast path (take the most recently used idle slot) never barges ahead of
+anyone.
+
+Failing and recovering
+----------------------
+When a creation fails, the pool enters the *failing* state with the error and a retry
+time (capped exponential backoff with jitter). Until then, callers that would need a new
+resource fail fast with :class:`~tether.PoolUnavailable` (its ``__cause__`` is the real
+error) instead of each waiting out ``acquire_timeout``. The first acquire after the retry
+time tries a creation itself (one at a time), and the shells' background work retries on
+the same schedule while ``min_size`` is not met. Any failure also marks an *outage*: idle
+resources created before it are suspect and must pass ``check`` (or are replaced) before
+being handed out again.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Callable
+from enum import Enum, IntEnum
+from types import CodeType
+from typing import Final, Generic, TypeVar, final
+
+from ._exceptions import PoolClosed, PoolTimeout, PoolUnavailable
+from ._pool_types import DurationSummary, Holder, PoolStats
+from ._sites import code_site
+
+__all__ = [
+    "CREATE",
+    "PoolConfig",
+    "PoolCore",
+    "PoolState",
+    "Slot",
+    "SlotState",
+    "Waiter",
+]
+
+R = TypeVar("R")
+
+INF: Final = math.inf
+WINDOW: Final = 2048
+"""How many recent waits and holds the percentiles in :class:`PoolStats` are taken from."""
+HOLDERS_SHOWN: Final = 5
+"""How many holders a :class:`PoolTimeout` message lists."""
+
+
+class SlotState(IntEnum):
+    """Whether a slot's resource exists. A live slot is held while its lease is odd."""
+
+    LIVE = 0
+    DOOMED = 1
+    GONE = 2
+
+
+class PoolState(Enum):
+    """A pool's lifecycle: UNOPENED → OPEN → CLOSING → CLOSED."""
+
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+# Module-level aliases: reading an Enum member through its class costs as much as a
+# whole fast-path hand-out.
+LIVE: Final = SlotState.LIVE
+DOOMED: Final = SlotState.DOOMED
+GONE: Final = SlotState.GONE
+UNOPENED: Final = PoolState.UNOPENED
+OPEN: Final = PoolState.OPEN
+CLOSING: Final = PoolState.CLOSING
+CLOSED: Final = PoolState.CLOSED
+
+
+class _Create:
+    """A grant that permits its holder to create a resource (room has been reserved)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "CREATE"
+
+
+CREATE: Final = _Create()
+
+
+@final
+class Slot(Generic[R]):
+    """One resource and everything the pool knows about it."""
+
+    __slots__ = (
+        "acquired_at",
+        "created_at",
+        "expires_at",
+        "fast_until",
+        "fresh_until",
+        "idle_since",
+        "leak_lease",
+        "lease",
+        "must_check",
+        "owner",
+        "reclaimed",
+        "resource",
+        "site_code",
+        "site_offset",
+        "state",
+        "trusted_since",
+        "uses_left",
+    )
+
+    def __init__(self, resource: R, now: float, expires_at: float, uses_left: float) -> None:
+        self.resource = resource
+        self.state = LIVE
+        self.lease = 0
+        """Odd while held: each hand-out adds one, and so does the end of each lease."""
+        self.created_at = now
+        self.expires_at = expires_at
+        self.uses_left = uses_left
+        self.idle_since = now
+        self.acquired_at = now
+        self.fresh_until = expires_at
+        """Until when the fast path may hand it out: before a check is due or it expires."""
+        self.fast_until = expires_at
+        """Until when a return may take the short way back (``-inf`` while suspect)."""
+        self.trusted_since = now
+        """Created, or last passed a check: an outage after this makes it suspect."""
+        self.must_check = False
+        """Handed out on the slow path, to be checked before use (see :meth:`needs_check`)."""
+        self.owner: object = None
+        self.site_code: CodeType | None = None
+        self.site_offset = 0
+        self.leak_lease = -1
+        """The lease under which it was reported as leaked (each lease is reported once)."""
+        self.reclaimed = False
+        """Destroyed by a close that timed out while still held: its holder's eventual
+        return is accepted silently, once."""
+
+    @property
+    def held(self) -> bool:
+        """Whether the resource is handed out right now."""
+        return self.state is LIVE and self.lease & 1 == 1
+
+    def __repr__(self) -> str:
+        status = "held" if self.held else self.state.name.lower() if self.state else "idle"
+        return f"<Slot {status} lease={self.lease} {self.resource!r}>"
+
+
+class Waiter(Generic[R]):
+    """A caller asking for a resource, with the shell's means of waking it in ``handle``.
+
+    ``since`` is when the caller started asking (its wait is measured from there);
+    ``deadline`` is when the core gives up on it with a :class:`~tether.PoolTimeout`
+    (``inf``: never; a shell that times waiters out by itself leaves it at ``inf``).
+    A shell may subclass it to save an allocation, as long as it sets every field
+    before handing it to the core.
+    """
+
+    __slots__ = (
+        "cancelled",
+        "deadline",
+        "grant",
+        "handle",
+        "owner",
+        "since",
+        "site_code",
+        "site_offset",
+    )
+
+    grant: Slot[R] | _Create | BaseException | None
+
+    def __init__(
+        self,
+        handle: object,
+        owner: object,
+        site_code: CodeType | None,
+        site_offset: int,
+        since: float,
+        *,
+        deadline: float = INF,
+    ) -> None:
+        self.handle = handle
+        self.owner = owner
+        self.site_code = site_code
+        self.site_offset = site_offset
+        self.since = since
+        self.deadline = deadline
+        self.grant = None
+        self.cancelled = False
+
+
+@final
+class PoolConfig:
+    """Validated pool options (see :class:`tether.AsyncPool` for their meaning)."""
+
+    __slots__ = (
+        "check_after",
+        "has_check",
+        "leak_timeout",
+        "max_idle",
+        "max_lifetime",
+        "max_size",
+        "max_uses",
+        "min_size",
+        "name",
+        "retry_delay",
+    )
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        min_size: int,
+        max_size: int,
+        max_lifetime: float | None,
+        max_idle: float | None,
+        max_uses: int | None,
+        check_after: float,
+        leak_timeout: float | None,
+        has_check: bool,
+        retry_delay: tuple[float, float],
+    ) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        check_size(min_size, max_size)
+        self.name = name
+        self.min_size = min_size
+        self.max_size = max_size
+        self.max_lifetime = _positive_or_none("max_lifetime", max_lifetime)
+        self.max_idle = _positive_or_none("max_idle", max_idle)
+        if max_uses is not None and (not _is_int(max_uses) or max_uses < 1):
+            raise ValueError(f"max_uses must be a positive int or None, got {max_uses!r}")
+        self.max_uses = max_uses
+        self.check_after = non_negative("check_after", check_after)
+        self.leak_timeout = _positive_or_none("leak_timeout", leak_timeout)
+        self.has_check = has_check
+        if not (
+            isinstance(retry_delay, tuple)
+            and len(retry_delay) == 2
+            and 0 < non_negative("retry_delay", retry_delay[0]) <= retry_delay[1] < INF
+        ):
+            raise ValueError(
+                f"retry_delay must be (first, cap) with 0 < first <= cap, got {retry_delay!r}"
+            )
+        self.retry_delay = retry_delay
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_size(min_size: int, max_size: int) -> None:
+    if not _is_int(max_size):
+        raise TypeError(f"max_size must be an int, not {type(max_size).__name__}")
+    if not _is_int(min_size):
+        raise TypeError(f"min_size must be an int, not {type(min_size).__name__}")
+    if max_size < 1:
+        raise ValueError(f"max_size must be at least 1, got {max_size}")
+    if min_size < 0:
+        raise ValueError(f"min_size must not be negative, got {min_size}")
+    if min_size > max_size:
+        raise ValueError(f"min_size ({min_size}) must not exceed max_size ({max_size})")
+
+
+def non_negative(parameter: str, value: float) -> float:
+    """Return ``value`` as a float, or raise naming ``parameter`` if it is not a number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{parameter} must be a number of seconds, not {type(value).__name__}")
+    if not value >= 0:  # also rejects NaN
+        raise ValueError(f"{parameter} must not be negative, got {value!r}")
+    return float(value)
+
+
+def timeout_or_none(parameter: str, value: float | None) -> float | None:
+    """Validate an optional timeout: ``None`` (no limit) or a number >= 0."""
+    return None if value is None else non_negative(parameter, value)
+
+
+def _positive_or_none(parameter: str, value: float | None) -> float | None:
+    if value is None:
+        return None
+    if non_negative(parameter, value) == 0:
+        raise ValueError(f"{parameter} must be positive or None, got {value!r}")
+    return float(value)
+
+
+def owner_name(owner: object) -> str:
+    """The human name of a task or thread."""
+    get_name = getattr(owner, "get_name", None)
+    if get_name is not None:
+        return str(get_name())
+    name = getattr(owner, "name", None)
+    return str(name) if name is not None else repr(owner)
+
+
+@final
+class PoolCore(Generic[R]):
+    """Pure pool bookkeeping; see the module docstring for the theory of operation.
+
+    Every method takes ``now`` (seconds on a monotonic clock) where time matters. Methods
+    that wake waiters append them to :attr:`woken`; methods that retire resources append
+    their slots to :attr:`doomed`. The shell drains both after each call: it signals each
+    woken waiter and destroys each doomed resource, then reports back with
+    :meth:`destroyed`.
+    """
+
+    def __init__(self, config: PoolConfig, *, jitter: Callable[[], float]) -> None:
+        self.config = config
+        self._jitter = jitter
+        self.state = UNOPENED
+        self._smooth = False
+        """Open, not above ``max_size`` and no ``max_uses``: a healthy return may go
+        straight to the longest waiter."""
+        self._steady = False
+        """Smooth, and nobody waiting: a healthy return may go straight back onto the
+        idle stack."""
+        self.woken: list[Waiter[R]] = []
+        self.doomed: list[Slot[R]] = []
+        self._idle: deque[Slot[R]] = deque()
+        self.idle = self._idle
+        """The idle stack, for shells to see at a glance whether :meth:`take` can succeed
+        (read it, never change it)."""
+        self._slots: dict[int, Slot[R]] = {}
+        """Every live or doomed slot, by ``id()`` of its resource."""
+        self._waiters: deque[Waiter[R]] = deque()
+        self._waiting = 0
+        # Waiters' deadlines: those that arrive in deadline order (the usual case: one
+        # acquire_timeout for all) in a deque, whose head is both the next to expire and
+        # the next to be served; the others in a heap.
+        self._timed: deque[Waiter[R]] = deque()
+        self._early: list[tuple[float, int, Waiter[R]]] = []
+        self._creating = 0
+        self._doomed_count = 0
+        self._has_check = config.has_check
+        self._check_after = config.check_after if config.has_check else INF
+        # failing and recovering
+        self.last_error: BaseException | None = None
+        self._failing = False
+        self._failures = 0
+        self._retry_at = -INF
+        self._probing = False
+        self._outage_at = -INF
+        # counters; hand-outs are counted by the slots' leases, so the fast path counts
+        # nothing: acquired = hand-outs of gone slots + of live ones - those taken back.
+        self._gone_handouts = 0
+        self._unhanded = 0
+        self.created_count = 0
+        self.destroyed_count = 0
+        self.timeouts = 0
+        self.create_errors = 0
+        self.check_failures = 0
+        self.broken = 0
+        # Fast-path hand-outs waited 0s and are not recorded; the slow path's waits are.
+        self._waits: deque[float] = deque(maxlen=WINDOW)
+        self._slow = 0
+        """Hand-outs on the slow path (those whose wait is recorded)."""
+        self._holds: deque[float] = deque(maxlen=WINDOW)
+
+    # ------------------------------------------------------------------ counts
+
+    @property
+    def size(self) -> int:
+        """Resources in existence: idle + held + being created + being destroyed."""
+        return len(self._slots) + self._creating
+
+    @property
+    def idle_count(self) -> int:
+        """Resources ready to hand out."""
+        return len(self._idle)
+
+    @property
+    def held_count(self) -> int:
+        """Resources handed out."""
+        return len(self._slots) - len(self._idle) - self._doomed_count
+
+    @property
+    def creating_count(self) -> int:
+        """Creations in progress."""
+        return self._creating
+
+    @property
+    def waiting_count(self) -> int:
+        """Callers queued for a resource."""
+        return self._waiting
+
+    @property
+    def acquired(self) -> int:
+        """Hand-outs so far (not counting those taken back unused)."""
+        live = sum((slot.lease + 1) >> 1 for slot in self._slots.values())
+        return self._gone_handouts + live - self._unhanded
+
+    def slots(self) -> list[Slot[R]]:
+        """Every live or doomed slot."""
+        return list(self._slots.values())
+
+    def slot_of(self, resource: object) -> Slot[R] | None:
+        """The slot of a resource this pool created and has not finished destroying."""
+        slot = self._slots.get(id(resource))
+        return slot if slot is not None and slot.resource is resource else None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        """Start serving. Call :meth:`refill` afterwards to create ``min_size`` resources."""
+        if self.state is not UNOPENED:
+            raise PoolClosed(f"pool {self.config.name!r} is {self.state.value}; it opens once")
+        self.state = OPEN
+        self._restabilize()
+
+    def close(self) -> None:
+        """Stop serving: fail waiters, retire idle resources; held ones retire on return."""
+        if self.state is CLOSING or self.state is CLOSED:
+            return
+        self.state = CLOSING if self.state is OPEN else CLOSED
+        self._steady = self._smooth = False
+        while (waiter := self._next_waiter()) is not None:
+            self._wake(waiter, self._closed_error())
+        self._timed.clear()
+        self._early.clear()
+        while self._idle:
+            self._doom(self._idle.pop())
+        self._maybe_closed()
+
+    def reclaim_held(self) -> list[Slot[R]]:
+        """After a close timed out: doom every resource still held, returning their slots.
+
+        Their holders may still return them later; that is accepted silently, once.
+        """
+        reclaimed = [slot for slot in self._slots.values() if slot.held]
+        for slot in reclaimed:
+            slot.lease += 1
+            slot.reclaimed = True
+            self._doom(slot)
+        return reclaimed
+
+    def _maybe_closed(self) -> None:
+        if self.state is CLOSING and self.size == 0:
+            self.state = CLOSED
+
+    def _closed_error(self) -> PoolClosed:
+        if self.state is UNOPENED:
+            return PoolClosed(
+                f"pool {self.config.name!r} is not open yet: use `async with pool:` / "
+                "`with pool:`, or call open() first"
+            )
+        return PoolClosed(f"pool {self.config.name!r} is closed")
+
+    def forget_all(self) -> None:
+        """After ``fork()``, in the child: drop every resource without destroying it.
+
+        The parent process owns those resources (a socket shared with the parent must not
+        be closed or reused by the child). The child starts over with an empty pool.
+        """
+        self._gone_handouts += sum((slot.lease + 1) >> 1 for slot in self._slots.values())
+        self._idle.clear()
+        self._slots.clear()
+        self._waiters.clear()
+        self._timed.clear()
+        self._early.clear()
+        self.woken.clear()
+        self.doomed.clear()
+        self._waiting = self._creating = self._doomed_count = 0
+        self._probing = False
+        self._maybe_closed()
+        self._restabilize()
+
+    def _restabilize(self) -> None:
+        """Recompute whether returns may take a short way (to the idle stack, or to the
+        longest waiter)."""
+        self._smooth = (
+            self.state is OPEN
+            and self.size <= self.config.max_size
+            and self.config.max_uses is None  # uses are counted on the long way only
+        )
+        self._steady = self._smooth and not self._waiting
+
+    # ------------------------------------------------------------------ acquire
+
+    def take(self, now: float) -> Slot[R] | None:
+        """The fast path: hand out the most recently returned idle resource, if it needs
+        neither a check nor retiring. Otherwise ``None``: go through :meth:`acquire`.
+
+        Never barges: nothing is idle while anyone waits.
+        """
+        idle = self._idle
+        if idle:
+            slot = idle[-1]
+            if now < slot.fresh_until:
+                idle.pop()
+                slot.lease += 1
+                slot.acquired_at = now
+                return slot
+        return None
+
+    def acquire(self, now: float, waiter: Waiter[R]) -> Slot[R] | _Create | BaseException | None:
+        """The slow path: decide what ``waiter`` gets now.
+
+        Returns:
+            a :class:`Slot` handed out (if :meth:`needs_check` says so, the shell checks it
+            and reports with :meth:`check_passed` / :meth:`check_failed`); :data:`CREATE`,
+            a permit to create a resource (report with :meth:`created` or
+            :meth:`create_failed`); an exception to raise (closed, or failing fast); or
+            ``None``: ``waiter`` is queued, and will be woken with one of the above.
+        """
+        if self.state is not OPEN:
+            return self._closed_error()
+        if self._waiting or (not self._idle and self.size >= self.config.max_size):
+            self._waiters.append(waiter)
+            self._waiting += 1
+            self._steady = False
+            deadline = waiter.deadline
+            if deadline != INF:
+                timed = self._timed
+                if not timed:
+                    timed.append(waiter)
+                else:
+                    if timed[0].grant is not None:
+                        timed.popleft()  # one served waiter out per arrival: stays bounded
+                    if deadline >= timed[-1].deadline:
+                        timed.append(waiter)
+                    else:
+                        self._track(waiter)
+            return None
+        return self._serve(waiter, now)
+
+    def _track(self, waiter: Waiter[R]) -> None:
+        timed = self._timed
+        if not timed or waiter.deadline >= timed[-1].deadline:
+            timed.append(waiter)
+        else:
+            heapq.heappush(self._early, (waiter.deadline, id(waiter), waiter))
+
+    def _serve(self, waiter: Waiter[R], now: float) -> Slot[R] | _Create | BaseException | None:
+        """Serve ``waiter`` ahead of the queue: an idle slot, else room, else the head of
+        the queue."""
+        idle = self._idle
+        while idle:
+            slot = idle.pop()
+            if now >= slot.expires_at:
+                self._doom(slot)
+                continue
+            if self._has_check and (
+                now - slot.idle_since >= self._check_after or slot.trusted_since < self._outage_at
+            ):
+                slot.must_check = True
+            self._hand_out(slot, now, waiter)
+            return slot
+        if self.size >= self.config.max_size:
+            self._waiters.appendleft(waiter)
+            self._waiting += 1
+            self._steady = False
+            if waiter.deadline != INF:
+                self._track(waiter)
+            return None
+        grant = self._room(now)
+        waiter.grant = grant
+        return grant
+
+    def _room(self, now: float) -> _Create | BaseException:
+        """There is room for one more resource: permit a creation, or fail fast."""
+        if self._failing:
+            if self._probing or now < self._retry_at:
+                return self._unavailable()
+            self._probing = True  # this creation is the one probe until it reports back
+        self._creating += 1
+        return CREATE
+
+    def _unavailable(self) -> PoolUnavailable:
+        failures = self._failures
+        error = PoolUnavailable(
+            f"pool {self.config.name!r} cannot create resources right now "
+            f"({failures} failed attempt{'s' if failures != 1 else ''} in a row; "
+            f"last error: {self.last_error!r})"
+        )
+        error.__cause__ = self.last_error
+        return error
+
+    def needs_check(self, slot: Slot[R], now: float) -> bool:
+        """Whether a slot handed out on the slow path must pass ``check`` first: it sat
+        idle for ``check_after`` seconds or more, or it was around when something broke.
+
+        A resource that never sat idle (just made, or handed straight from one caller to
+        the next) is not checked unless it is suspect.
+        """
+        return slot.must_check
+
+    def check_passed(self, slot: Slot[R], now: float) -> None:
+        """A handed-out slot passed its check."""
+        slot.trusted_since = now
+        slot.fast_until = slot.expires_at
+        slot.must_check = False
+
+    def check_failed(
+        self, slot: Slot[R], waiter: Waiter[R], now: float
+    ) -> Slot[R] | _Create | BaseException | None:
+        """A handed-out slot failed its check: retire it and serve ``waiter`` again.
+
+        The caller keeps its place: it is served ahead of the queue (another idle slot),
+        or waits at the head of the queue for the room the retired one leaves.
+        """
+        self.check_failures += 1
+        self._take_back(slot)
+        waiter.grant = None  # the retired slot; a stale grant would be mistaken for a new one
+        if self.state is not OPEN:
+            return self._closed_error()
+        return self._serve(waiter, now)
+
+    def drop(self, slot: Slot[R]) -> None:
+        """A slot was handed out, but its caller vanished before using it (cancelled during
+        the check) and its state is unknown: retire it, uncounted."""
+        self._take_back(slot)
+
+    def _take_back(self, slot: Slot[R]) -> None:
+        slot.lease += 1
+        slot.owner = None
+        self._unhanded += 1
+        self._slow -= 1
+        self._doom(slot)
+
+    def _next_waiter(self) -> Waiter[R] | None:
+        """Pop the longest-waiting live waiter, if any."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.cancelled and waiter.grant is None:
+                self._waiting -= 1
+                if not self._waiting:
+                    self._restabilize()
+                timed = self._timed
+                if timed and timed[0] is waiter:
+                    timed.popleft()
+                return waiter
+        return None
+
+    def expire(self, now: float) -> float:
+        """Time out every waiter whose deadline has passed; return the next deadline.
+
+        Each one is woken with a :class:`~tether.PoolTimeout` as its grant.
+        """
+        timed = self._timed
+        while timed:
+            waiter = timed[0]
+            if waiter.grant is None and not waiter.cancelled:
+                if waiter.deadline > now:
+                    break
+                self._time_out(waiter, now)
+            timed.popleft()
+        early = self._early
+        while early:
+            deadline, _, waiter = early[0]
+            if waiter.grant is None and not waiter.cancelled:
+                if deadline > now:
+                    break
+                self._time_out(waiter, now)
+            heapq.heappop(early)
+        return min(timed[0].deadline if timed else INF, early[0][0] if early else INF)
+
+    def _time_out(self, waiter: Waiter[R], now: float) -> None:
+        self._waiting -= 1
+        if not self._waiting:
+            self._restabilize()
+        self.timeouts += 1
+        self._wake(waiter, self.timeout_error(now - waiter.since, now))
+
+    def _hand_out(self, slot: Slot[R], now: float, waiter: Waiter[R]) -> None:
+        slot.lease += 1
+        slot.acquired_at = now
+        slot.owner = waiter.owner
+        slot.site_code = waiter.site_code
+        slot.site_offset = waiter.site_offset
+        waiter.grant = slot
+        self._slow += 1
+        self._waits.append(now - waiter.since)
+
+    def _wake(self, waiter: Waiter[R], grant: _Create | BaseException) -> None:
+        """Deliver ``grant`` to a waiter popped from the queue, and tell the shell."""
+        waiter.grant = grant
+        self.woken.append(waiter)
+
+    def cancel_wait(self, waiter: Waiter[R], now: float, *, timed_out: bool) -> None:
+        """``waiter`` gave up (cancelled or timed out) before using what it was granted.
+
+        A slot it was granted goes to the next waiter or the idle stack; a creation permit
+        it had not started to use passes to the next waiter or lapses. (A caller that had
+        started creating calls :meth:`abandon_creation` instead.)
+        """
+        if waiter.cancelled:
+            return
+        waiter.cancelled = True
+        grant = waiter.grant
+        if timed_out:
+            self.timeouts += 1
+        if grant is None:
+            self._waiting -= 1
+            if not self._waiting:
+                self._restabilize()
+            # Removed from the deques lazily; compact them when stale entries pile up.
+            if len(self._waiters) > 2 * self._waiting + 16:
+                self._waiters = deque(w for w in self._waiters if not w.cancelled)
+                self._timed = deque(w for w in self._timed if not w.cancelled)
+        elif isinstance(grant, Slot):
+            self._unhanded += 1
+            self._slow -= 1
+            self.release(grant, grant.lease, now, counted=False)
+        elif grant is CREATE:
+            self._creating -= 1
+            self._probing = False
+            self._offer_room(now)
+            self._maybe_closed()
+
+    def abandon_creation(self, waiter: Waiter[R], *, timed_out: bool) -> None:
+        """The caller of a creation in progress gave up; the resource, when it comes,
+        goes to the next waiter or the idle stack."""
+        if not waiter.cancelled:
+            waiter.cancelled = True
+            if timed_out:
+                self.timeouts += 1
+
+    # ------------------------------------------------------------------ create
+
+    def created(self, resource: R, now: float, waiter: Waiter[R] | None) -> Slot[R]:
+        """A creation succeeded. The slot goes to ``waiter`` (the caller that created it)
+        if it is still there, else to the next waiter or the idle stack.
+        """
+        self._creating -= 1
+        self.created_count += 1
+        self._failing = False
+        self._failures = 0
+        self._probing = False
+        lifetime = self.config.max_lifetime
+        expires_at = INF if lifetime is None else now + lifetime * (1.0 - 0.1 * self._jitter())
+        max_uses = self.config.max_uses
+        slot = Slot(resource, now, expires_at, INF if max_uses is None else max_uses)
+        self._slots[id(resource)] = slot
+        if waiter is not None and not waiter.cancelled and self.state is OPEN:
+            self._hand_out(slot, now, waiter)
+            self.woken.append(waiter)
+        else:
+            self._settle(slot, now)
+        return slot
+
+    def create_failed(self, error: BaseException, now: float, waiter: Waiter[R] | None) -> None:
+        """A creation failed: enter the failing state and schedule the next attempt.
+
+        ``waiter``, the caller that needed the resource (if it is still there), is woken
+        with the real error, which gets a note naming the pool.
+        """
+        error.add_note(f"(while pool {self.config.name!r} was creating a resource)")
+        if waiter is not None and not waiter.cancelled:
+            self._wake(waiter, error)
+        self._creating -= 1
+        self.create_errors += 1
+        self.last_error = error
+        self._failures += 1
+        self._failing = True
+        self._probing = False
+        first, cap = self.config.retry_delay
+        delay = min(cap, first * 2.0 ** min(self._failures - 1, 60))
+        self._retry_at = now + delay * (0.5 + 0.5 * self._jitter())
+        self._mark_outage(now)
+        # The room this creation had reserved is free again: offer it (the head waiter
+        # fails fast, since the pool is now failing).
+        self._offer_room(now)
+        self._maybe_closed()
+
+    def creation_abandoned(self, waiter: Waiter[R] | None) -> None:
+        """A creation was cancelled before it finished (the pool is closing); nothing was
+        made. Its caller, if still there, gets :class:`~tether.PoolClosed`."""
+        self._creating -= 1
+        self._probing = False
+        if waiter is not None and not waiter.cancelled:
+            self._wake(waiter, self._closed_error())
+        self._maybe_closed()
+
+    @property
+    def retry_at(self) -> float:
+        """When the next creation may be attempted while failing (``-inf`` when healthy)."""
+        return self._retry_at if self._failing else -INF
+
+    def refill(self, now: float) -> int:
+        """How many background creations to start now (to reach ``min_size``).
+
+        Each one is reserved; report it with :meth:`created` (``waiter=None``) or
+        :meth:`create_failed`.
+        """
+        if self.state is not OPEN:
+            return 0
+        missing = self.config.min_size - self.size
+        if missing <= 0:
+            return 0
+        if self._failing:
+            if self._probing or now < self._retry_at:
+                return 0
+            self._probing = True
+            missing = 1
+        self._creating += missing
+        return missing
+
+    # ------------------------------------------------------------------ return
+
+    def give_back(self, slot: Slot[R], lease: int, now: float) -> Waiter[R] | bool | None:
+        """:meth:`release` of a healthy resource, with short ways for the common cases:
+        back onto the idle stack, or straight to the longest waiter.
+
+        Returns:
+            ``None`` when there is nothing more to do; the waiter the resource was handed
+            to on the short way, for the shell to wake (it is not added to :attr:`woken`);
+            or ``True`` when :attr:`woken` or :attr:`doomed` need carrying out.
+        """
+        if slot.lease != lease or now >= slot.fast_until:
+            return self._release_and_tell(slot, lease, now)
+        if not self._steady:
+            if self._waiting and self._smooth:
+                # Straight to the longest waiter. This is what _next_waiter() and
+                # _hand_out() do, written out: it is the hot path of a contended pool.
+                waiters = self._waiters
+                waiter = waiters.popleft()
+                while waiter.cancelled or waiter.grant is not None:
+                    waiter = waiters.popleft()  # a live one exists: _waiting > 0
+                self._waiting -= 1
+                if not self._waiting:
+                    self._restabilize()
+                self._holds.append(now - slot.acquired_at)
+                slot.lease = lease + 2  # the end of one lease, the start of the next
+                slot.idle_since = slot.acquired_at = now
+                slot.owner = waiter.owner
+                slot.site_code = waiter.site_code
+                slot.site_offset = waiter.site_offset
+                waiter.grant = slot
+                self._slow += 1
+                self._waits.append(now - waiter.since)
+                return waiter
+            return self._release_and_tell(slot, lease, now)
+        slot.lease = lease + 1
+        self._holds.append(now - slot.acquired_at)
+        slot.idle_since = now
+        if self._has_check:
+            due = now + self._check_after
+            slot.fresh_until = due if due < slot.expires_at else slot.expires_at
+        self._idle.append(slot)
+        return None
+
+    def _release_and_tell(self, slot: Slot[R], lease: int, now: float) -> bool | None:
+        self.release(slot, lease, now)
+        return True if self.woken or self.doomed else None
+
+    def release(
+        self,
+        slot: Slot[R],
+        lease: int,
+        now: float,
+        *,
+        broken: bool = False,
+        counted: bool = True,
+    ) -> None:
+        """Take back the resource of ``slot`` from the holder of ``lease``.
+
+        Args:
+            slot: the slot handed out.
+            lease: the lease being ended (``slot.lease`` when it was handed out).
+            now: the current time.
+            broken: destroy the resource instead of reusing it.
+            counted: record the hold in the statistics (``False`` for internal returns).
+
+        Raises:
+            ValueError: the slot is not held under that lease (a second return, or a
+                resource this pool did not hand out), unless the pool was closed and
+                already reclaimed it.
+        """
+        if slot.lease != lease or lease & 1 == 0 or slot.state is not LIVE:
+            if slot.reclaimed and slot.lease == lease + 1:
+                slot.reclaimed = False  # a second return of the same lease is an error
+                return
+            raise ValueError(
+                f"{slot.resource!r} is not held from pool {self.config.name!r} "
+                "(returned twice, or it was never acquired from this pool)"
+            )
+        slot.lease = lease + 1
+        slot.owner = None
+        slot.uses_left -= 1
+        if counted:
+            self._holds.append(now - slot.acquired_at)
+            if broken:
+                self.broken += 1
+        if broken:
+            self._mark_outage(now)
+            self._doom(slot)
+        else:
+            self._settle(slot, now)
+
+    def _settle(self, slot: Slot[R], now: float) -> None:
+        """Place a returned (or newly made, unclaimed) resource: retire it if it is spent,
+        else hand it to the next waiter, else put it on the idle stack."""
+        expires_at = slot.expires_at
+        if (
+            slot.uses_left <= 0
+            or now >= expires_at
+            or self.state is not OPEN
+            or len(self._slots) + self._creating > self.config.max_size
+        ):
+            self._doom(slot)
+            return
+        slot.idle_since = now
+        if self._has_check and slot.trusted_since < self._outage_at:
+            # It was around when something broke: it must pass a check before reuse.
+            slot.fresh_until = slot.fast_until = -INF
+            slot.must_check = True
+        else:
+            due = now + self._check_after
+            slot.fresh_until = due if due < expires_at else expires_at
+            slot.fast_until = expires_at
+            slot.must_check = False
+        waiter = self._next_waiter()
+        if waiter is not None:
+            self._hand_out(slot, now, waiter)
+            self.woken.append(waiter)
+        else:
+            self._idle.append(slot)
+
+    def _offer_room(self, now: float) -> None:
+        """Room for one resource may have appeared: give the head waiter a permit, or its
+        failure when the pool cannot create resources right now."""
+        if self.state is not OPEN or self.size >= self.config.max_size:
+            return
+        waiter = self._next_waiter()
+        if waiter is not None:
+            self._wake(waiter, self._room(now))
+
+    def _mark_outage(self, now: float) -> None:
+        """Something broke: resources around before now must pass ``check`` before reuse.
+
+        Without a ``check`` there is no way to tell, and they are left alone.
+        """
+        self._outage_at = now
+        if self._has_check:
+            for slot in self._slots.values():
+                slot.fast_until = -INF
+                if slot.state is LIVE and not slot.held:
+                    slot.fresh_until = -INF
+
+    # ------------------------------------------------------------------ destroy
+
+    def _doom(self, slot: Slot[R]) -> None:
+        slot.state = DOOMED
+        self._doomed_count += 1
+        self.doomed.append(slot)
+
+    def destroyed(self, slot: Slot[R], now: float) -> None:
+        """The shell finished destroying a doomed slot's resource (successfully or not)."""
+        if slot.state is not DOOMED:
+            return
+        slot.state = GONE
+        self._doomed_count -= 1
+        self.destroyed_count += 1
+        self._gone_handouts += (slot.lease + 1) >> 1
+        if self._slots.get(id(slot.resource)) is slot:
+            del self._slots[id(slot.resource)]
+        self._restabilize()
+        self._offer_room(now)
+        self._maybe_closed()
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def resize(self, min_size: int | None, max_size: int | None, now: float) -> None:
+        """Change the size bounds; extra idle resources retire now, held ones on return."""
+        new_min = self.config.min_size if min_size is None else min_size
+        new_max = self.config.max_size if max_size is None else max_size
+        check_size(new_min, new_max)
+        self.config.min_size = new_min
+        self.config.max_size = new_max
+        while self.size > new_max and self._idle:
+            self._doom(self._idle.popleft())
+        self._restabilize()
+        while self._waiting and self.state is OPEN and self.size < new_max:
+            woken = len(self.woken)
+            self._offer_room(now)
+            if len(self.woken) == woken:
+                break
+
+    def maintain(self, now: float) -> tuple[list[Slot[R]], float]:
+        """Periodic work: retire idle resources that expired or idled too long.
+
+        Returns:
+            the held slots newly past ``leak_timeout`` (report each once), and the time of
+            the next thing that will need doing (``inf`` if nothing is scheduled).
+        """
+        config = self.config
+        next_due = INF
+        max_idle = config.max_idle
+        if self._idle:
+            surplus = self.size - self._doomed_count - config.min_size
+            kept: deque[Slot[R]] = deque()
+            # Oldest idle first (left): those are the ones max_idle retires first.
+            for slot in self._idle:
+                idle_until = INF if max_idle is None else slot.idle_since + max_idle
+                if now >= slot.expires_at or (surplus > 0 and now >= idle_until):
+                    self._doom(slot)
+                    surplus -= 1
+                    continue
+                kept.append(slot)
+                next_due = min(next_due, slot.expires_at)
+                if idle_until > now:  # past it, the slot is kept for min_size: not due
+                    next_due = min(next_due, idle_until)
+            self._idle = kept
+        leaked: list[Slot[R]] = []
+        leak_timeout = config.leak_timeout
+        if leak_timeout is not None:
+            for slot in self._slots.values():
+                if slot.held and slot.leak_lease != slot.lease:
+                    due = slot.acquired_at + leak_timeout
+                    if now >= due:
+                        slot.leak_lease = slot.lease
+                        leaked.append(slot)
+                    else:
+                        next_due = min(next_due, due)
+        if self._failing and (self.size < config.min_size or self._waiting):
+            if now >= self._retry_at and self._waiting:
+                # Waiters queued while the pool was failing: one may now probe.
+                self._offer_room(now)
+            next_due = min(next_due, self._retry_at)
+        return leaked, next_due
+
+    # ------------------------------------------------------------------ reporting
+
+    def holders(self, now: float) -> list[Holder[R]]:
+        """Who holds what, longest-held first."""
+        leak_timeout = self.config.leak_timeout
+        held = sorted((s for s in self._slots.values() if s.held), key=lambda s: s.acquired_at)
+        return [
+            Holder(
+                resource=slot.resource,
+                held_for=now - slot.acquired_at,
+                site=str(code_site(slot.site_code, slot.site_offset)),
+                owner=owner_name(slot.owner),
+                leaked=leak_timeout is not None and now - slot.acquired_at >= leak_timeout,
+            )
+            for slot in held
+        ]
+
+    def stats(self) -> PoolStats:
+        """A frozen snapshot of the pool's state and counters."""
+        config = self.config
+        acquired = self.acquired
+        held = self.held_count
+        return PoolStats(
+            name=config.name,
+            size=self.size,
+            idle=len(self._idle),
+            in_use=held,
+            waiting=self._waiting,
+            min_size=config.min_size,
+            max_size=config.max_size,
+            acquired=acquired,
+            created=self.created_count,
+            destroyed=self.destroyed_count,
+            timeouts=self.timeouts,
+            create_errors=self.create_errors,
+            check_failures=self.check_failures,
+            broken=self.broken,
+            wait=DurationSummary.of(self._waits, count=acquired, zeros=acquired - self._slow),
+            hold=DurationSummary.of(self._holds, count=acquired - held),
+            last_create_error=None if self.last_error is None else repr(self.last_error),
+        )
+
+    def timeout_error(self, waited: float, now: float) -> PoolTimeout:
+        """The :class:`~tether.PoolTimeout` for a caller that waited ``waited`` seconds."""
+        config = self.config
+        lines = [
+            (
+                f"pool {config.name!r}: no resource free after {waited:.3f}s "
+                f"(size {self.size}/{config.max_size}, in use {self.held_count}, "
+                f"idle {len(self._idle)}, waiting {self._waiting}, creating {self._creating})"
+            )
+        ]
+        holders = self.holders(now)
+        if holders:
+            lines.append("longest holders:")
+            lines.extend(f"  {h}" for h in holders[:HOLDERS_SHOWN])
+            if len(holders) > HOLDERS_SHOWN:
+                lines.append(f"  ... and {len(holders) - HOLDERS_SHOWN} more")
+        if self.last_error is not None:
+            lines.append(f"last creation error: {self.last_error!r}")
+        error = PoolTimeout("\n".join(lines))
+        error.holders = holders
+        error.stats = self.stats()
+        return error

@@ -1,0 +1,283 @@
+"""Cancelling an ``AsyncPool`` caller at any await point loses nothing and breaks nothing.
+
+Each test cancels one caller at one point of its life with the pool, in one of the ways
+asyncio code gets cancelled:
+
+points
+    ``queued`` waiting in line; ``granted`` handed a resource but not yet resumed;
+    ``permitted`` allowed to create one (room appeared) but not yet resumed;
+    ``create``, ``check``, ``reset`` inside those (async) callables; ``body`` inside the
+    ``async with pool.acquire()`` block; ``reset-after-body`` cancelled in the block and
+    again during the shielded reset that follows; ``is_broken`` while an async is_broken
+    judges the error the block raised; ``destroy`` waiting for the room that a resource
+    being destroyed will leave.
+kinds
+    ``task.cancel()``, ``asyncio.timeout``, ``anyio.CancelScope.cancel()`` and an anyio
+    ``move_on_after`` deadline.
+
+Afterwards the pool must be intact: its statistics add up, nothing is held, no resource
+was handed to two callers or destroyed twice, every resource ever created is either idle
+or destroyed, the pool still serves, and closing it destroys everything exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+
+import tether
+from pool_flavours import Gate, Thing, Things, eventually, within
+
+POINTS = [
+    "queued",
+    "granted",
+    "permitted",
+    "create",
+    "check",
+    "body",
+    "reset",
+    "reset-after-body",
+    "is_broken",
+    "destroy",
+]
+KINDS = ["task.cancel", "asyncio.timeout", "anyio.CancelScope", "anyio.move_on_after"]
+
+
+class Rig:
+    """Async resource callables, each of which can be held at a :class:`Gate`."""
+
+    def __init__(self) -> None:
+        self.things = Things()
+        self.gates: dict[str, Gate] = {}
+
+    def arm(self, name: str) -> Gate:
+        gate = self.gates[name] = Gate()
+        return gate
+
+    async def _pass(self, name: str) -> None:
+        await asyncio.sleep(0)
+        gate = self.gates.get(name)
+        if gate is not None:
+            await gate.pass_async()
+
+    async def create(self) -> Thing:
+        await self._pass("create")
+        return self.things.create()
+
+    async def check(self, thing: Thing) -> bool:
+        await self._pass("check")
+        return self.things.check(thing)
+
+    async def reset(self, thing: Thing) -> None:
+        await self._pass("reset")
+        self.things.reset(thing)
+
+    async def is_broken(self, error: BaseException) -> bool:
+        await self._pass("is_broken")
+        return False
+
+    async def destroy(self, thing: Thing) -> None:
+        await self._pass("destroy")
+        self.things.destroy(thing)
+
+    def open_all(self) -> None:
+        for gate in self.gates.values():
+            gate.open()
+        self.gates.clear()
+
+
+class Cancellation:
+    """One way of cancelling the victim: enter :meth:`scope` in it, then :meth:`fire`."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.fire: Callable[[], object] = lambda: None
+        self.delivered = False
+        """Whether the cancellation ended the victim's block (rather than it finishing)."""
+
+    @asynccontextmanager
+    async def scope(self) -> AsyncIterator[None]:
+        if self.kind == "task.cancel":
+            task = asyncio.current_task()
+            assert task is not None
+            self.fire = task.cancel
+            try:
+                yield
+            except asyncio.CancelledError:
+                self.delivered = True
+                raise
+        elif self.kind == "asyncio.timeout":
+            loop = asyncio.get_running_loop()
+            try:
+                async with asyncio.timeout(None) as timeout:
+                    self.fire = lambda: timeout.reschedule(loop.time())
+                    yield
+            except TimeoutError:
+                self.delivered = True
+        elif self.kind == "anyio.CancelScope":
+            with anyio.CancelScope() as cancel_scope:
+                self.fire = cancel_scope.cancel
+                yield
+            self.delivered = cancel_scope.cancelled_caught
+        else:
+            with anyio.move_on_after(None) as deadline_scope:
+                self.fire = lambda: setattr(deadline_scope, "deadline", anyio.current_time())
+                yield
+            self.delivered = deadline_scope.cancelled_caught
+
+
+async def check_intact(pool: tether.AsyncPool[Thing], things: Things) -> None:
+    """The pool lost nothing, holds nothing, double-handed nothing, and still works."""
+    await eventually(
+        lambda: pool.stats().size == pool.stats().idle + pool.stats().in_use,
+        "creations and destructions to finish",
+    )
+    stats = pool.stats()
+    assert (stats.in_use, stats.waiting) == (0, 0)
+    assert pool.holders() == []
+    assert all(thing.holder is None for thing in things.made)
+    assert all(thing.destroyed <= 1 for thing in things.made)
+    alive = [thing for thing in things.made if not thing.destroyed]
+    assert len(alive) == stats.idle == stats.size
+    assert (stats.created, stats.destroyed) == (len(things.made), len(things.made) - len(alive))
+    async with within(), pool.acquire(timeout=None) as thing:
+        thing.take("after")
+        thing.drop()
+    await pool.close()
+    assert pool.stats().size == 0
+    things.assert_all_destroyed_once()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("point", POINTS)
+async def test_a_cancelled_caller_loses_nothing(point: str, kind: str) -> None:
+    """Cancelling a caller at ``point`` in the manner of ``kind`` leaves the pool intact
+    (see the module docstring)."""
+    rig = Rig()
+    things = rig.things
+    pool = tether.AsyncPool(
+        rig.create,
+        destroy=rig.destroy,
+        check=rig.check,
+        reset=rig.reset,
+        is_broken=rig.is_broken,
+        max_size=1,
+        check_after=0.0,
+        acquire_timeout=None,
+        name=f"{point}/{kind}",
+    )
+    await pool.open()
+    cancellation = Cancellation(kind)
+    finish_body = asyncio.Event()
+    in_body = asyncio.Event()
+
+    async def victim() -> None:
+        async with cancellation.scope(), pool.acquire() as thing:
+            thing.take("victim")
+            try:
+                in_body.set()
+                if point == "is_broken":
+                    raise LookupError("application error")
+                await finish_body.wait()
+            finally:
+                thing.drop()
+
+    def start_victim() -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(victim(), name="victim")
+
+    held: Thing | None = None
+    if point in ("queued", "granted", "permitted"):
+        held = await pool.get()
+        task = start_victim()
+        await eventually(lambda: pool.stats().waiting == 1, "the victim to queue")
+        if point == "granted":
+            await pool.put(held)
+            held = None
+        elif point == "permitted":
+            pool.resize(max_size=2)  # room for one more: the victim may create it
+        cancellation.fire()
+    elif point == "create":
+        gate = rig.arm("create")
+        task = start_victim()
+        await gate.reached()
+        cancellation.fire()
+    elif point == "check":
+        await pool.put(await pool.get())  # an idle resource, due for a check
+        gate = rig.arm("check")
+        task = start_victim()
+        await gate.reached()
+        cancellation.fire()
+    elif point == "body":
+        task = start_victim()
+        await in_body.wait()
+        cancellation.fire()
+    elif point == "reset":
+        gate = rig.arm("reset")
+        finish_body.set()
+        task = start_victim()
+        await gate.reached()
+        cancellation.fire()
+    elif point == "reset-after-body":
+        gate = rig.arm("reset")
+        task = start_victim()
+        await in_body.wait()
+        cancellation.fire()
+        await gate.reached()
+        if kind == "task.cancel":
+            task.cancel()  # and once more, during the shielded reset
+        gate.open()
+    elif point == "is_broken":
+        gate = rig.arm("is_broken")
+        task = start_victim()
+        await gate.reached()
+        cancellation.fire()
+        gate.open()
+    else:
+        assert point == "destroy"
+        held = await pool.get()
+        gate = rig.arm("destroy")
+        await pool.put(held, broken=True)
+        held = None
+        await gate.reached()
+        task = start_victim()
+        await eventually(lambda: pool.stats().waiting == 1, "the victim to queue")
+        cancellation.fire()
+
+    async with within():
+        await asyncio.wait([task])
+    if point == "is_broken" and kind.startswith("anyio"):
+        # Every await after the failed block is shielded, so an anyio scope has nowhere
+        # to deliver its cancellation: the block's own error comes out instead.
+        assert isinstance(task.exception(), LookupError)
+    else:
+        assert cancellation.delivered
+        assert task.cancelled() == (kind == "task.cancel")
+    rig.open_all()
+    if held is not None:
+        await pool.put(held)
+    await check_intact(pool, things)
+
+
+async def test_a_cancelled_close_can_be_finished_by_closing_again() -> None:
+    """A close() cancelled while it waits for destructions leaves the pool closed; a
+    second close() waits for them and leaves nothing behind."""
+    rig = Rig()
+    pool = tether.AsyncPool(rig.create, destroy=rig.destroy, min_size=2)
+    await pool.open()
+    gate = rig.arm("destroy")
+    closer = asyncio.get_running_loop().create_task(pool.close())
+    await gate.reached(2)
+    closer.cancel()
+    async with within():
+        await asyncio.wait([closer])
+    assert closer.cancelled()
+    assert pool.closed
+    rig.open_all()
+    async with within():
+        await pool.close()
+    assert pool.stats().size == 0
+    rig.things.assert_all_destroyed_once()

@@ -1,0 +1,405 @@
+"""``tether.Pool`` under real threads: 32 of them at once, and what only threads do.
+
+The behaviours both shells share are in ``test_pool_behaviour.py``; this file hammers the
+threaded shell with many threads doing random things, then checks that the pool's
+promises held throughout.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pytest
+
+import tether
+from pool_flavours import GUARD, Thing
+
+THREADS = 32
+MAX_SIZE = 6
+
+
+@dataclass
+class Tally:
+    """What the stress test's threads did and saw, counted under a lock."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    errors: list[BaseException] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, what: str) -> None:
+        with self.lock:
+            self.counts[what] += 1
+
+    def fail(self, error: BaseException) -> None:
+        with self.lock:
+            self.errors.append(error)
+
+
+@dataclass
+class FlakyThings:
+    """Resources whose creation, check and reset sometimes fail, counting everything."""
+
+    tally: Tally
+    flaky: bool = False
+    """Whether creation may fail (not while the pool opens, which would then fail)."""
+    made: list[Thing] = field(default_factory=list)
+    alive: int = 0
+    numbers: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def create(self) -> Thing:
+        with self.lock:
+            self.alive += 1
+            if self.alive > MAX_SIZE:
+                self.tally.fail(AssertionError(f"{self.alive} resources alive at once"))
+            if self.flaky and random.random() < 0.02:
+                self.alive -= 1
+                self.tally.add("create failed")
+                raise ConnectionRefusedError("refused")
+            self.numbers += 1
+            thing = Thing(self.numbers)
+            self.made.append(thing)
+        time.sleep(random.random() * 0.001)  # creation takes a while, outside the lock
+        return thing
+
+    def destroy(self, thing: Thing) -> None:
+        with self.lock:
+            thing.destroyed += 1
+            self.alive -= 1
+            if thing.holder is not None:
+                self.tally.fail(AssertionError(f"{thing} destroyed while {thing.holder} held it"))
+
+    def check(self, thing: Thing) -> bool:
+        roll = random.random()
+        if roll < 0.03:
+            self.tally.add("check failed")
+            return False
+        if roll < 0.05:
+            self.tally.add("check failed")
+            raise ConnectionResetError("gone")
+        return True
+
+    def reset(self, thing: Thing) -> None:
+        if random.random() < 0.03:
+            self.tally.add("reset failed")
+            raise RuntimeError("cannot roll back")
+
+
+def work(pool: tether.Pool[Thing], tally: Tally, rounds: int, seed: int) -> None:
+    """One thread's share: random acquires, holds, returns, breakages and timeouts."""
+    chance = random.Random(seed)
+    me = threading.current_thread().name
+    for _ in range(rounds):
+        timeout = chance.choice([None, 0.0, 0.001, 0.05, 1.0])
+        try:
+            if chance.random() < 0.7:
+                outcome = chance.random()
+                try:
+                    with pool.acquire(timeout=timeout) as thing:
+                        tally.add("acquired")
+                        try:
+                            thing.take(me)
+                            time.sleep(chance.random() * 0.0005)  # the work
+                            if outcome < 0.05:
+                                raise ConnectionAbortedError("lost")
+                            if outcome < 0.10:
+                                raise LookupError("application error")
+                        finally:
+                            thing.drop()
+                except ConnectionAbortedError:
+                    tally.add("broken")
+                except LookupError:
+                    pass
+            else:
+                thing = pool.get(timeout=timeout)
+                tally.add("acquired")
+                broken = chance.random() < 0.05
+                try:
+                    thing.take(me)
+                    time.sleep(chance.random() * 0.0005)
+                finally:
+                    thing.drop()
+                    pool.put(thing, broken=broken)
+                if broken:
+                    tally.add("broken")
+        except tether.PoolTimeout:
+            tally.add("timed out")
+        except (tether.PoolUnavailable, ConnectionRefusedError):
+            tally.add("unavailable")
+        except BaseException as error:
+            tally.fail(error)
+
+
+def watch(pool: tether.Pool[Thing], tally: Tally, done: threading.Event) -> None:
+    """Sample the pool's statistics and holders while the workers run."""
+    while not done.is_set():
+        try:
+            stats = pool.stats()
+            pool.holders()
+            if stats.size > MAX_SIZE:
+                tally.fail(AssertionError(f"size {stats.size} above max_size"))
+            if stats.in_use > stats.size:
+                tally.fail(AssertionError(f"{stats.in_use} in use, size {stats.size}"))
+        except BaseException as error:
+            tally.fail(error)
+            return
+        tally.add("samples")
+        time.sleep(0.0005)
+
+
+def test_thirty_two_threads_never_break_the_invariants() -> None:
+    """32 threads acquire, hold, return, break and time out at random, while creations,
+    checks and resets sometimes fail: there are never more than max_size resources, no
+    resource is held twice or destroyed while held, the counters add up, and closing
+    destroys every resource exactly once."""
+    tally = Tally()
+    things = FlakyThings(tally)
+    pool = tether.Pool(
+        things.create,
+        destroy=things.destroy,
+        check=things.check,
+        reset=things.reset,
+        is_broken=lambda error: isinstance(error, ConnectionAbortedError),
+        min_size=2,
+        max_size=MAX_SIZE,
+        max_uses=25,
+        check_after=0.002,
+        acquire_timeout=5.0,
+        retry_delay=(0.001, 0.01),
+        name="stress",
+    )
+    done = threading.Event()
+    with pool:
+        things.flaky = True
+        watcher = threading.Thread(target=watch, args=(pool, tally, done), name="watcher")
+        workers = [
+            threading.Thread(target=work, args=(pool, tally, 120, seed), name=f"worker-{seed}")
+            for seed in range(THREADS)
+        ]
+        watcher.start()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(GUARD * 3)
+        done.set()
+        watcher.join(GUARD)
+        assert not any(t.is_alive() for t in [watcher, *workers])
+        running = pool.stats()
+    final = pool.stats()
+
+    assert tally.errors == []
+    counts = tally.counts
+    assert counts["samples"] > 0
+    assert running.in_use == running.waiting == 0
+    assert running.created == running.destroyed + running.size
+    assert running.acquired == counts["acquired"]
+    assert running.timeouts == counts["timed out"]
+    assert running.create_errors == counts["create failed"]
+    assert running.check_failures == counts["check failed"]
+    assert running.broken == counts["broken"] + counts["reset failed"]
+    assert running.wait.count == running.hold.count == counts["acquired"]
+    assert final.size == 0
+    assert final.created == final.destroyed == len(things.made)
+    assert [t for t in things.made if t.destroyed != 1] == []
+
+
+def test_stats_and_holders_are_safe_while_other_threads_use_the_pool() -> None:
+    """stats() and holders() may be called from any thread while others acquire and
+    return, and resources come and go (max_uses=1)."""
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    pool = tether.Pool(lambda: Thing(0), max_size=8, max_uses=1)
+
+    def churn() -> None:
+        while not stop.is_set():
+            with pool.acquire():
+                pass
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                pool.stats()
+                pool.holders()
+            except BaseException as error:
+                errors.append(error)
+                return
+
+    threads = [threading.Thread(target=churn) for _ in range(4)]
+    threads += [threading.Thread(target=watch) for _ in range(2)]
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, to make a race show
+    try:
+        with pool:
+            for thread in threads:
+                thread.start()
+            time.sleep(1.0)
+            stop.set()
+            for thread in threads:
+                thread.join(GUARD)
+    finally:
+        sys.setswitchinterval(switch_interval)
+    assert errors == []
+    assert pool.stats().created > 100
+
+
+def test_close_does_not_wait_for_the_housekeepers_next_round() -> None:
+    """close() returns as soon as the housekeeper finishes what it is doing (here, a
+    slow creation), rather than after its next scheduled round."""
+    entered = threading.Event()
+    finish = threading.Event()
+
+    def slow_create() -> Thing:
+        entered.set()
+        finish.wait(GUARD)
+        return Thing(1)
+
+    pool = tether.Pool(slow_create, min_size=1)
+    pool.open(wait=False)
+    assert entered.wait(GUARD)
+    closer = threading.Thread(target=pool.close, name="closer")
+    closer.start()
+    deadline = time.monotonic() + GUARD
+    while not pool.closed and time.monotonic() < deadline:
+        time.sleep(0.001)
+    finish.set()
+    closer.join(GUARD / 2)
+    assert not closer.is_alive()
+    assert pool.stats().size == 0
+
+
+def test_get_records_the_calling_threads_line() -> None:
+    """get() on a Pool records the file:line of its caller and the thread's name."""
+    holders: list[tether.Holder[Thing]] = []
+
+    def borrow() -> None:
+        thing = pool.get()  # the recorded line
+        holders.extend(pool.holders())
+        pool.put(thing)
+
+    with tether.Pool(lambda: Thing(1)) as pool:
+        thread = threading.Thread(target=borrow, name="borrower")
+        thread.start()
+        thread.join(GUARD)
+    [holder] = holders
+    line = borrow.__code__.co_firstlineno + 1
+    assert holder.site == f"{os.path.relpath(__file__)}:{line}"
+    assert holder.owner == "borrower"
+
+
+def test_a_waiting_thread_is_woken_by_a_return_from_another() -> None:
+    """A thread waiting for a resource gets the one another thread returns, without
+    polling: the hand-over wakes exactly that thread."""
+    with tether.Pool(lambda: Thing(1), max_size=1, acquire_timeout=None) as pool:
+        held = pool.get()
+        got: list[Thing] = []
+        waiter = threading.Thread(target=lambda: got.append(pool.get()), name="waiter")
+        waiter.start()
+        deadline = time.monotonic() + GUARD
+        while pool.stats().waiting != 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        pool.put(held)
+        waiter.join(GUARD)
+        assert got == [held]
+        pool.put(held)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_closing_while_threads_wait_fails_every_waiter(seed: int) -> None:
+    """Threads queued for a resource when the pool closes all get PoolClosed, and the
+    resource held meanwhile is destroyed when it comes back."""
+    destroyed: list[Thing] = []
+    pool = tether.Pool(lambda: Thing(seed), destroy=destroyed.append, max_size=1)
+    pool.open()
+    held = pool.get()
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def wait_in_line() -> None:
+        try:
+            pool.get(timeout=None)
+        except tether.PoolClosed:
+            with lock:
+                outcomes.append("closed")
+
+    waiters = [threading.Thread(target=wait_in_line) for _ in range(8)]
+    for waiter in waiters:
+        waiter.start()
+    deadline = time.monotonic() + GUARD
+    while pool.stats().waiting != 8 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    pool.close()
+    for waiter in waiters:
+        waiter.join(GUARD)
+    assert outcomes == ["closed"] * 8
+    assert destroyed == []
+    pool.put(held)
+    assert destroyed == [held]
+
+
+@pytest.mark.parametrize("where", ["check", "reset"])
+def test_an_interrupt_in_check_or_reset_gets_through_and_destroys_the_resource(
+    where: str,
+) -> None:
+    """A KeyboardInterrupt raised inside check or reset reaches the caller, and the
+    resource, whose state it left unknown, is destroyed."""
+    destroyed: list[Thing] = []
+
+    def interrupt(thing: Thing) -> None:
+        raise KeyboardInterrupt
+
+    options = {"check": interrupt} if where == "check" else {"reset": interrupt}
+    pool = tether.Pool(lambda: Thing(1), destroy=destroyed.append, check_after=0.0, **options)
+    with pool:
+        if where == "check":
+            pool.put(pool.get())  # an idle resource, due for a check
+        with pytest.raises(KeyboardInterrupt):
+            pool.put(pool.get())
+        stats = pool.stats()
+    assert (stats.size, stats.in_use, stats.waiting) == (0, 0, 0)
+    assert [thing.number for thing in destroyed] == [1]
+
+
+def test_an_interrupt_in_create_is_not_a_creation_failure() -> None:
+    """A KeyboardInterrupt raised inside create reaches the caller without putting the
+    pool in the failing state: the next caller creates a resource at once, and a caller
+    that was waiting for the room gets it."""
+    interrupted = threading.Event()
+    entered = threading.Event()
+    numbers = iter(range(1, 100))
+
+    def create() -> Thing:
+        if not interrupted.is_set():
+            entered.set()
+            assert waiting.wait(GUARD)
+            interrupted.set()
+            raise KeyboardInterrupt
+        return Thing(next(numbers))
+
+    waiting = threading.Event()
+    got: list[Thing] = []
+    with tether.Pool(create, max_size=1, retry_delay=(30.0, 60.0)) as pool:
+        waiter = threading.Thread(target=lambda: got.append(pool.get()), name="waiter")
+
+        def start_waiter() -> None:
+            entered.wait(GUARD)
+            waiter.start()
+            deadline = time.monotonic() + GUARD
+            while pool.stats().waiting != 1 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            waiting.set()
+
+        helper = threading.Thread(target=start_waiter)
+        helper.start()
+        with pytest.raises(KeyboardInterrupt):
+            pool.get()
+        helper.join(GUARD)
+        waiter.join(GUARD)
+        assert [thing.number for thing in got] == [1]
+        assert (pool.stats().create_errors, pool.stats().last_create_error) == (0, None)
+        pool.put(got[0])
