@@ -164,11 +164,12 @@ class PoolCoreMachine(RuleBasedStateMachine):
             assert caller.state == "holding"
         self._drain()
 
-    @rule()
+    @rule(timeout=st.sampled_from([math.inf, math.inf, 1.0, 4.0, 12.0]))
     @precondition(lambda self: self.core is not None)
-    def request(self) -> None:
+    def request(self, timeout: float) -> None:
         core = self.pool()
-        caller = Caller(next(self.seq), Waiter(None, None, None, 0, self.now))
+        waiter: Waiter[int] = Waiter(None, None, None, 0, self.now, deadline=self.now + timeout)
+        caller = Caller(next(self.seq), waiter)
         self.callers.append(caller)
         queued_before = bool(self.live("queued"))
         grant = core.acquire(self.now, caller.waiter)
@@ -308,6 +309,16 @@ class PoolCoreMachine(RuleBasedStateMachine):
             ]
             assert len(holder) == 1
         self._drain()
+
+    @rule()
+    @precondition(lambda self: self.core is not None)
+    def expire(self) -> None:
+        """Waiters past their deadline time out; the next deadline is the earliest left."""
+        upcoming = self.pool().expire(self.now)
+        self._drain()
+        queued = self.live("queued")
+        assert all(c.waiter.deadline > self.now for c in queued)
+        assert upcoming == min((c.waiter.deadline for c in queued), default=math.inf)
 
     @rule()
     @precondition(lambda self: self.core is not None)

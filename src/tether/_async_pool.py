@@ -641,37 +641,31 @@ class _Acquire(Waiter[R]):
         # enough to find the line later, when somebody asks (reading the line number now
         # would cost more than the rest of the fast path).
         frame = _getframe(1)
-        # Only a task of the pool's own loop, in the loop's thread, may take the fast
-        # path; anywhere else the slow path says what is wrong.
+        # Only a task of the pool's own loop, in the loop's thread, may be served here;
+        # anywhere else _bound_loop() says what is wrong.
         owner = _task_of(pool._loop)
-        if core.idle and owner is not None and _thread_ident() == pool._loop_thread:
-            slot = core.take(now)
-        else:
-            slot = None
+        if owner is None or _thread_ident() != pool._loop_thread:
+            pool._bound_loop()
+            owner = _task_of(pool._loop)
+        slot = core.take(now) if core.idle else None
         if slot is not None:
             slot.owner = owner
             slot.site_code = frame.f_code
             slot.site_offset = frame.f_lasti
         else:
-            self.site_code = frame.f_code
-            self.site_offset = frame.f_lasti
             # The slow path. The common case (queue, then be handed a resource that
             # needs no check) is written out here, without a further coroutine.
-            loop = pool._loop
-            if loop is not _get_running_loop():
-                loop = pool._bound_loop()
+            self.site_code = frame.f_code
+            self.site_offset = frame.f_lasti
             timeout = self._timeout
-            wait_for = (
-                pool._acquire_timeout if timeout is DEFAULT else pool._resolve_timeout(timeout)
-            )
-            self.deadline = float("inf") if wait_for is None else now + wait_for
+            self.deadline = now + (pool._wait_span if timeout is DEFAULT else pool._span(timeout))
             self.since = now
-            self.owner = _task_of(loop)
+            self.owner = owner
             self.grant = None
             self.cancelled = False
             grant = core.acquire(now, self)
             if grant is None:
-                future = loop.create_future()
+                future = pool._loop.create_future()  # type: ignore[union-attr]
                 self.handle = future
                 if self.deadline < pool._timer_at:
                     pool._arm_timer(self.deadline)

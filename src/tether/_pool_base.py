@@ -99,6 +99,8 @@ class PoolShell(Generic[R]):
         self._acquire_timeout = (
             None if acquire_timeout is None else non_negative("acquire_timeout", acquire_timeout)
         )
+        self._wait_span = math.inf if self._acquire_timeout is None else self._acquire_timeout
+        """``acquire_timeout`` as a span to add to the time (``inf``: no deadline)."""
         self._core = PoolCore(config, jitter=random.random)
         periods = [
             p for p in (config.leak_timeout, config.max_idle, config.max_lifetime) if p is not None
@@ -180,6 +182,11 @@ class PoolShell(Generic[R]):
                 len(holders),
                 "\n".join(f"  {h}" for h in holders),
             )
+
+    def _span(self, timeout: float | None) -> float:
+        """A per-call ``timeout`` as a span to add to the time (``inf``: no deadline)."""
+        resolved = self._resolve_timeout(timeout)
+        return math.inf if resolved is None else resolved
 
     def _resolve_timeout(self, timeout: float | None) -> float | None:
         if timeout is None:

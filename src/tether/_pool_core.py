@@ -360,11 +360,13 @@ class PoolCore(Generic[R]):
         """Every live or doomed slot, by ``id()`` of its resource."""
         self._waiters: deque[Waiter[R]] = deque()
         self._waiting = 0
-        # Waiters' deadlines: those that arrive in deadline order (the usual case: one
-        # acquire_timeout for all) in a deque, whose head is both the next to expire and
-        # the next to be served; the others in a heap.
-        self._timed: deque[Waiter[R]] = deque()
+        # Waiters' deadlines. Those that arrive in deadline order (the usual case: one
+        # acquire_timeout for all) need no bookkeeping: the queue itself is in that
+        # order, so its head is both the next to be served and the next to expire. The
+        # others (a shorter timeout than someone ahead in line) also go into a heap.
+        self._last_deadline = -INF
         self._early: list[tuple[float, int, Waiter[R]]] = []
+        self._early_ids: set[int] = set()
         self._creating = 0
         self._doomed_count = 0
         self._has_check = config.has_check
@@ -451,8 +453,8 @@ class PoolCore(Generic[R]):
         self._steady = self._smooth = False
         while (waiter := self._next_waiter()) is not None:
             self._wake(waiter, self._closed_error())
-        self._timed.clear()
         self._early.clear()
+        self._early_ids.clear()
         while self._idle:
             self._doom(self._idle.pop())
         self._maybe_closed()
@@ -491,8 +493,8 @@ class PoolCore(Generic[R]):
         self._idle.clear()
         self._slots.clear()
         self._waiters.clear()
-        self._timed.clear()
         self._early.clear()
+        self._early_ids.clear()
         self.woken.clear()
         self.doomed.clear()
         self._waiting = self._creating = self._doomed_count = 0
@@ -509,6 +511,8 @@ class PoolCore(Generic[R]):
             and self.config.max_uses is None  # uses are counted on the long way only
         )
         self._steady = self._smooth and not self._waiting
+        if not self._waiting:
+            self._last_deadline = -INF
 
     # ------------------------------------------------------------------ acquire
 
@@ -545,26 +549,18 @@ class PoolCore(Generic[R]):
             self._waiting += 1
             self._steady = False
             deadline = waiter.deadline
-            if deadline != INF:
-                timed = self._timed
-                if not timed:
-                    timed.append(waiter)
-                else:
-                    if timed[0].grant is not None:
-                        timed.popleft()  # one served waiter out per arrival: stays bounded
-                    if deadline >= timed[-1].deadline:
-                        timed.append(waiter)
-                    else:
-                        self._track(waiter)
+            if deadline < self._last_deadline:
+                self._out_of_order(waiter)
+            else:
+                self._last_deadline = deadline
             return None
         return self._serve(waiter, now)
 
-    def _track(self, waiter: Waiter[R]) -> None:
-        timed = self._timed
-        if not timed or waiter.deadline >= timed[-1].deadline:
-            timed.append(waiter)
-        else:
+    def _out_of_order(self, waiter: Waiter[R]) -> None:
+        """Track a waiter whose place in line says nothing about its deadline."""
+        if waiter.deadline != INF:
             heapq.heappush(self._early, (waiter.deadline, id(waiter), waiter))
+            self._early_ids.add(id(waiter))
 
     def _serve(self, waiter: Waiter[R], now: float) -> Slot[R] | _Create | BaseException | None:
         """Serve ``waiter`` ahead of the queue: an idle slot, else room, else the head of
@@ -582,11 +578,11 @@ class PoolCore(Generic[R]):
             self._hand_out(slot, now, waiter)
             return slot
         if self.size >= self.config.max_size:
+            # Back at the head of the line, out of deadline order.
             self._waiters.appendleft(waiter)
             self._waiting += 1
             self._steady = False
-            if waiter.deadline != INF:
-                self._track(waiter)
+            self._out_of_order(waiter)
             return None
         grant = self._room(now)
         waiter.grant = grant
@@ -662,9 +658,6 @@ class PoolCore(Generic[R]):
                 self._waiting -= 1
                 if not self._waiting:
                     self._restabilize()
-                timed = self._timed
-                if timed and timed[0] is waiter:
-                    timed.popleft()
                 return waiter
         return None
 
@@ -673,23 +666,25 @@ class PoolCore(Generic[R]):
 
         Each one is woken with a :class:`~tether.PoolTimeout` as its grant.
         """
-        timed = self._timed
-        while timed:
-            waiter = timed[0]
-            if waiter.grant is None and not waiter.cancelled:
+        upcoming = INF
+        early_ids = self._early_ids
+        for waiter in self._waiters:  # in line, so in deadline order but for the early
+            if waiter.grant is None and not waiter.cancelled and id(waiter) not in early_ids:
                 if waiter.deadline > now:
+                    upcoming = waiter.deadline
                     break
                 self._time_out(waiter, now)
-            timed.popleft()
         early = self._early
         while early:
-            deadline, _, waiter = early[0]
+            deadline, key, waiter = early[0]
             if waiter.grant is None and not waiter.cancelled:
                 if deadline > now:
+                    upcoming = min(upcoming, deadline)
                     break
                 self._time_out(waiter, now)
             heapq.heappop(early)
-        return min(timed[0].deadline if timed else INF, early[0][0] if early else INF)
+            early_ids.discard(key)
+        return upcoming
 
     def _time_out(self, waiter: Waiter[R], now: float) -> None:
         self._waiting -= 1
@@ -733,7 +728,6 @@ class PoolCore(Generic[R]):
             # Removed from the deques lazily; compact them when stale entries pile up.
             if len(self._waiters) > 2 * self._waiting + 16:
                 self._waiters = deque(w for w in self._waiters if not w.cancelled)
-                self._timed = deque(w for w in self._timed if not w.cancelled)
         elif isinstance(grant, Slot):
             self._unhanded += 1
             self._slow -= 1
