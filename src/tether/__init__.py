@@ -17,6 +17,7 @@ from ._exceptions import PoolTimeout as PoolTimeout
 from ._exceptions import PoolUnavailable as PoolUnavailable
 from ._exceptions import StreamIdleTimeout as StreamIdleTimeout
 from ._exceptions import TetherError as TetherError
+from ._exceptions import TransactionAborted as TransactionAborted
 from ._files import atomic_write as atomic_write
 from ._files import atomic_write_async as atomic_write_async
 from ._pool import Pool as Pool
@@ -60,6 +61,7 @@ __all__ = [
     "Suppressor",
     "TetherError",
     "Timer",
+    "TransactionAborted",
     "__version__",
     "accumulate",
     "atomic_write",
