@@ -911,7 +911,11 @@ class PoolCore(Generic[R]):
                     surplus -= 1
                     continue
                 kept.append(slot)
-                next_due = min(next_due, slot.expires_at, idle_until)
+                next_due = min(next_due, slot.expires_at)
+                if surplus > 0:
+                    # One that min_size keeps has no idle deadline: a past one would
+                    # have the housekeeper spin.
+                    next_due = min(next_due, idle_until)
             self._idle = kept
         leaked: list[Slot[R]] = []
         leak_timeout = config.leak_timeout
