@@ -189,11 +189,9 @@ def pool(
         ValueError: an option is out of range.
     """
     pool_options(f"{__name__}.pool", pool_options_)
-    if not isinstance(path, str | os.PathLike):
-        raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
-    database = os.fspath(path)
+    database = os.fspath(path) if isinstance(path, str | os.PathLike) else None
     if not isinstance(database, str):
-        raise TypeError("path must name a file with a str, not bytes")
+        raise TypeError(f"path must be a str or os.PathLike[str], not {type(path).__name__}")
     if database == "":
         raise ValueError(
             "path must not be empty: SQLite would give every connection a private "
