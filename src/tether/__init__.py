@@ -4,9 +4,10 @@ Every connection, file handle, stream and checkout is released exactly once, on 
 path (success, exception, cancellation, client disconnect), and when something is not,
 tether says what leaked, where it was acquired and who holds it.
 
-Integrations live in their own modules and need their extras: ``tether.postgres``
-(``tether[postgres]`` / ``tether[asyncpg]``), ``tether.starlette`` (``tether[starlette]``).
-Importing ``tether`` itself never imports an optional dependency.
+Databases have modules of their own: ``tether.db`` (transactions) and ``tether.sqlite``
+(SQLite pools) need nothing beyond the standard library. Integrations need their extras:
+``tether.postgres`` (``tether[postgres]`` / ``tether[asyncpg]``), ``tether.starlette``
+(``tether[starlette]``). Importing ``tether`` itself never imports an optional dependency.
 """
 
 from ._async_pool import AsyncPool as AsyncPool
