@@ -340,3 +340,94 @@ async def test_transaction_on_a_pool_acquires_and_returns(postgres_dsn: str, dri
     source = linecache.getline(__file__, int(line))
     assert "tether.db.transaction(pool) as conn" in source
     assert (stats.in_use, stats.broken) == (0, 0)
+
+
+async def test_an_inner_block_that_swallowed_a_failure_undoes_itself_and_the_outer_goes_on(
+    case: Case,
+) -> None:
+    """An inner block whose failed statement was swallowed cannot release its savepoint:
+    it rolls back to it and raises; the outer transaction is usable again and commits."""
+    swallowed: list[str] = []
+
+    async def inner_block() -> None:
+        async with tether.db.transaction(case.conn):
+            await case.insert(2)
+            try:
+                await case.execute("SELECT 1 / 0")
+            except Exception as exc:
+                swallowed.append(type(exc).__name__)
+
+    async with tether.db.transaction(case.conn):
+        await case.insert(1)
+        with pytest.raises(Exception, match="current transaction is aborted") as caught:
+            await inner_block()
+        await case.insert(3)
+    division = "DivisionByZeroError" if case.kind == "asyncpg" else "DivisionByZero"
+    assert "InFailed" in type(caught.value).__name__
+    assert (swallowed, await case.committed()) == ([division], [1, 3])
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+async def test_a_failed_commit_through_a_pool_returns_the_connection(
+    postgres_dsn: str, driver: str
+) -> None:
+    """``async with transaction(pool)``: a commit refused by a deferred constraint raises,
+    and the connection goes back to the pool, clean, to be reused."""
+    table = f"tether_tx_{uuid.uuid4().hex[:12]}"
+    pool = tether.postgres.async_pool(postgres_dsn, driver=driver, max_size=1)  # type: ignore[call-overload]
+    async with pool:
+        async with pool.acquire() as conn:
+            await conn.execute(f"CREATE TABLE {table} (v int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+
+        async def duplicate() -> None:
+            async with tether.db.transaction(pool) as conn:
+                await conn.execute(f"INSERT INTO {table} VALUES (1), (1)")
+
+        try:
+            with pytest.raises(Exception, match="duplicate key") as caught:
+                await duplicate()
+        finally:
+            async with pool.acquire() as conn:
+                await conn.execute(f"DROP TABLE {table}")
+        stats = pool.stats()
+    assert "Unique" in type(caught.value).__name__
+    assert (stats.in_use, stats.created, stats.broken) == (0, 1, 0)
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+async def test_a_begin_that_fails_on_a_dead_connection_gives_it_up(
+    postgres_dsn: str, driver: str
+) -> None:
+    """A transaction whose BEGIN finds the connection's backend gone raises the driver's
+    error; the pool destroys that connection and the next transaction gets a new one."""
+    pool = tether.postgres.async_pool(postgres_dsn, driver=driver, max_size=1, check_after=60)  # type: ignore[call-overload]
+    async with pool:
+        async with pool.acquire() as conn:
+            pid = conn.get_server_pid() if driver == "asyncpg" else conn.info.backend_pid
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as admin:
+            await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+        async def begin() -> None:
+            async with tether.db.transaction(pool):
+                pass  # never reached: BEGIN fails
+
+        with pytest.raises(Exception) as caught:  # noqa: PT011 - the driver's own, checked below
+            await begin()
+        async with tether.db.transaction(pool) as conn:
+            assert (
+                await (conn.fetchval("SELECT 1") if driver == "asyncpg" else _fetch_one(conn)) == 1
+            )
+        stats = pool.stats()
+    assert type(caught.value).__name__ in (
+        "AdminShutdown",
+        "OperationalError",
+        "ConnectionDoesNotExistError",
+        "InterfaceError",
+    )
+    assert (stats.broken, stats.created) == (1, 2)
+
+
+async def _fetch_one(conn: Any) -> Any:
+    cursor = await conn.execute("SELECT 1")
+    row = await cursor.fetchone()
+    return row[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -302,3 +303,105 @@ def test_begin_failure_returns_the_pooled_connection(tmp_path: Path) -> None:
                     pass  # never reached
             assert pool.stats().in_use == 1
         assert pool.stats().in_use == 0
+
+
+class _Pep249StandIn(sqlite3.Connection):
+    """Python 3.11 has no ``autocommit`` attribute: a connection claiming
+    ``autocommit=False`` in the module's legacy mode behaves like 3.12's PEP 249 mode for
+    what the block does (the module opens transactions by itself; commit() ends them)."""
+
+    autocommit = False
+
+
+def _pep249_connection(path: Path) -> sqlite3.Connection:
+    if sys.version_info >= (3, 12):
+        return sqlite3.connect(path, autocommit=False)  # type: ignore[call-arg]
+    return sqlite3.connect(path, factory=_Pep249StandIn)
+
+
+def test_sqlite_pep249_mode_commits_and_rolls_back_its_implicit_transaction(
+    tmp_path: Path,
+) -> None:
+    """With ``autocommit=False`` (Python 3.12+) a transaction is always open: the outermost
+    block ends it with commit() or rollback(), and inner blocks are savepoints."""
+    path = tmp_path / "pep249.db"
+    conn = _pep249_connection(path)
+    observer = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE t (v INTEGER)")
+        conn.commit()
+
+        def failing_inner_block() -> None:
+            with tether.db.transaction(conn):
+                conn.execute("INSERT INTO t VALUES (2)")
+                raise ArithmeticError
+
+        def failing_block() -> None:
+            with tether.db.transaction(conn):
+                conn.execute("INSERT INTO t VALUES (3)")
+                raise KeyError
+
+        with tether.db.transaction(conn):
+            conn.execute("INSERT INTO t VALUES (1)")
+            with pytest.raises(ArithmeticError):
+                failing_inner_block()
+        with pytest.raises(KeyError):
+            failing_block()
+        assert observer.execute("SELECT v FROM t").fetchall() == [(1,)]
+    finally:
+        conn.close()
+        observer.close()
+
+
+@pytest.mark.parametrize("case", ["psycopg-autocommit", "psycopg-implicit"], indirect=True)
+def test_an_inner_block_that_swallowed_a_failure_undoes_itself_and_the_outer_goes_on(
+    case: Case,
+) -> None:
+    """An inner block whose failed statement was swallowed cannot release its savepoint:
+    it rolls back to it and raises; the outer transaction is usable again and commits."""
+    import psycopg
+
+    def inner_block() -> None:
+        with tether.db.transaction(case.conn):
+            case.insert(2)
+            with contextlib.suppress(psycopg.errors.DivisionByZero):
+                case.conn.execute("SELECT 1 / 0")
+
+    with tether.db.transaction(case.conn):
+        case.insert(1)
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            inner_block()
+        case.insert(3)
+    assert case.committed() == [1, 3]
+
+
+def test_a_failed_commit_through_a_pool_returns_the_connection(tmp_path: Path) -> None:
+    """``transaction(pool)``: a commit refused by a deferred constraint raises, and the
+    connection goes back to the pool, clean."""
+    import tether.sqlite
+
+    with tether.sqlite.pool(
+        tmp_path / "db.sqlite",
+        max_size=1,
+        configure=lambda c: c.execute("PRAGMA foreign_keys = ON"),
+    ) as pool:
+        with pool.acquire() as conn:
+            conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+            conn.execute(
+                "CREATE TABLE child (p INTEGER REFERENCES parent (id) "
+                "DEFERRABLE INITIALLY DEFERRED)"
+            )
+
+        def orphan() -> None:
+            with tether.db.transaction(pool) as conn:
+                conn.execute("INSERT INTO child VALUES (99)")
+
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+            orphan()
+        with pool.acquire() as conn:
+            assert (conn.in_transaction, conn.execute("SELECT count(*) FROM child").fetchone()) == (
+                False,
+                (0,),
+            )
+        stats = pool.stats()
+    assert (stats.in_use, stats.created) == (0, 1)

@@ -635,3 +635,49 @@ def test_transaction_on_a_sync_pool_commits_through_the_pool(postgres_dsn: str) 
             with pool.acquire() as conn:
                 conn.execute(f"DROP TABLE {table}")
         assert (rows, pool.stats().in_use) == ([(1,)], 0)
+
+
+@pytest.mark.parametrize("driver", ["psycopg-threads", "psycopg"])
+async def test_the_check_leaves_connections_without_autocommit_idle(
+    postgres_dsn: str, driver: str
+) -> None:
+    """Connections made without autocommit (``connect_args``) are checked without opening
+    a transaction, and keep their mode."""
+    options: dict[str, Any] = {"max_size": 1, "check_after": 0}
+    connect_args = {"autocommit": False}
+    if driver == "psycopg-threads":
+        with tether.postgres.pool(postgres_dsn, connect_args=connect_args, **options) as pool:
+            for _ in range(3):
+                with pool.acquire() as conn:
+                    state = (conn.autocommit, conn.info.transaction_status)
+            stats = pool.stats()
+    else:
+        async with async_pool(postgres_dsn, driver, connect_args=connect_args, **options) as apool:
+            for _ in range(3):
+                async with apool.acquire() as conn:
+                    state = (conn.autocommit, conn.info.transaction_status)
+            stats = apool.stats()
+    assert state == (False, 0)
+    assert (stats.created, stats.check_failures) == (1, 0)
+
+
+@pytest.mark.parametrize("driver", ASYNC_DRIVERS)
+async def test_async_configure_may_be_a_plain_function(postgres_dsn: str, driver: str) -> None:
+    """A ``configure`` that is not a coroutine function is simply called."""
+    seen: list[object] = []
+    async with async_pool(postgres_dsn, driver, configure=seen.append) as pool:
+        async with pool.acquire() as conn:
+            assert seen == [conn]
+
+
+async def test_an_async_connection_returned_mid_query_is_destroyed(postgres_dsn: str) -> None:
+    """A psycopg async connection returned while a result is still streaming is destroyed."""
+    async with async_pool(postgres_dsn, "psycopg", max_size=1) as pool:
+        async with pool.acquire() as conn:
+            stream = conn.cursor().stream("SELECT generate_series(1, 100000)")
+            assert await anext(stream) == (1,)
+        async with pool.acquire() as conn:
+            assert await run_query(conn) == 1
+        stats = pool.stats()
+    await stream.aclose()
+    assert (stats.created, stats.broken) == (2, 1)
