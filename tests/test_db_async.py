@@ -431,3 +431,24 @@ async def _fetch_one(conn: Any) -> Any:
     cursor = await conn.execute("SELECT 1")
     row = await cursor.fetchone()
     return row[0]
+
+
+async def test_connections_of_asyncpgs_own_pool_work_too(postgres_dsn: str) -> None:
+    """The proxy objects asyncpg's own pool hands out are asyncpg connections too."""
+    import asyncpg
+
+    async with asyncpg.create_pool(postgres_dsn, min_size=1, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            async with tether.db.transaction(conn):
+                await conn.execute("CREATE TEMP TABLE scratch (v int)")
+                inside = conn.is_in_transaction()
+            with pytest.raises(LookupError):
+                await _insert_then_fail(conn)
+            rows = await conn.fetch("SELECT v FROM scratch")
+    assert (inside, rows) == (True, [])
+
+
+async def _insert_then_fail(conn: Any) -> None:
+    async with tether.db.transaction(conn):
+        await conn.execute("INSERT INTO scratch VALUES (1)")
+        raise LookupError

@@ -182,6 +182,7 @@ class _Psycopg:
         conn.rollback()
 
     def execute(self, conn: psycopg.Connection[Any], statement: str) -> None:
+        # As bytes: psycopg types a query built at run time (a savepoint's name) that way.
         conn.execute(statement.encode())
 
 
@@ -206,7 +207,7 @@ class _AsyncPsycopg:
         await conn.rollback()
 
     async def execute(self, conn: psycopg.AsyncConnection[Any], statement: str) -> None:
-        await conn.execute(statement.encode())
+        await conn.execute(statement.encode())  # as bytes: see _Psycopg.execute
 
 
 @final
