@@ -98,6 +98,7 @@ def lost_connection(error: BaseException) -> bool:
         "OperationalError",
         "ConnectionDoesNotExistError",
         "InterfaceError",
+        "InternalClientError",  # asyncpg, when a reset arrives in the middle of a request
         "ConnectionResetError",
     )
 

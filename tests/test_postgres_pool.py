@@ -268,6 +268,7 @@ async def test_recently_used_connection_fails_once_and_the_pool_heals(
             "OperationalError",
             "ConnectionDoesNotExistError",
             "InterfaceError",
+            "InternalClientError",  # asyncpg, when the server's FATAL arrives mid-request
         )
     # One destroyed as broken; the other, suspect since, passed its check and served.
     assert (stats.broken, stats.destroyed, stats.check_failures) == (1, 1, 0)

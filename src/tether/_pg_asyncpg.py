@@ -31,6 +31,9 @@ _LOST: Final = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
+    # asyncpg's protocol lost track of the connection's state (an unsolicited FATAL from
+    # the server in the middle of a request, say): it cannot be trusted again.
+    asyncpg.InternalClientError,
     ConnectionError,
 )
 
@@ -39,8 +42,9 @@ def is_broken(error: BaseException) -> bool:
     """Whether ``error`` says the connection it came from is lost.
 
     A connection-class error (SQLSTATE ``08``, which includes asyncpg's "connection was
-    closed in the middle of operation"), a server shutdown (``57P01``-``57P03``), or the
-    socket's own ``ConnectionError``. A query timeout or cancellation is not: asyncpg
+    closed in the middle of operation"), a server shutdown (``57P01``-``57P03``), asyncpg's
+    ``InternalClientError`` (its protocol lost track of the connection), or the socket's
+    own ``ConnectionError``. A query timeout or cancellation is not: asyncpg
     cancels the query and the connection stays usable (returning it waits for that).
     """
     return isinstance(error, _LOST)
