@@ -496,3 +496,51 @@ def test_server_restart_under_load_threads(
     replaced = after.destroyed - before.destroyed
     assert replaced >= 4
     assert after.created - before.created == replaced
+
+
+# ---------------------------------------------------------------------------- background
+
+
+@pytest.mark.parametrize("driver", ["psycopg-threads", *ASYNC_DRIVERS])
+async def test_a_pool_with_min_size_reconnects_by_itself(
+    dsn: str, proxy: TcpProxy, driver: str
+) -> None:
+    """With nobody asking but one caller who notices the outage (both connections fail
+    their checks, and connecting fails), a pool with ``min_size`` keeps trying to
+    reconnect in the background while the network is down, and is back to ``min_size``
+    healthy connections by itself once it returns."""
+    options: dict[str, Any] = {"min_size": 2, "max_size": 2, "check_after": 0}
+    if driver == "psycopg-threads":
+        with sync_pool(dsn, **options) as pool:
+            proxy.cut()
+            with pytest.raises(psycopg.OperationalError) as caught:
+                _borrow(pool)
+            assert _wait(lambda: pool.stats().create_errors >= 3)  # retrying meanwhile
+            proxy.restore()
+            assert _wait(lambda: pool.stats().idle == 2)
+            with pool.acquire() as conn:
+                assert conn.execute("SELECT 5").fetchone() == (5,)
+            stats = pool.stats()
+    else:
+        async with async_pool(dsn, driver, **options) as apool:
+            proxy.cut()
+            with pytest.raises(Exception) as caught:  # noqa: PT011 - checked below
+                await _aborrow(apool)
+            await until(lambda: apool.stats().create_errors >= 3)
+            proxy.restore()
+            await until(lambda: apool.stats().idle == 2)
+            async with apool.acquire() as conn:
+                assert await query(conn, "SELECT 5") == 5
+            stats = apool.stats()
+    assert lost_connection(caught.value), repr(caught.value)
+    assert (stats.size, stats.check_failures) == (2, 2)
+
+
+def _borrow(pool: tether.Pool[Any]) -> None:
+    with pool.acquire():
+        pass  # never reached: both connections are dead, and no new one can be made
+
+
+async def _aborrow(pool: tether.AsyncPool[Any]) -> None:
+    async with pool.acquire():
+        pass  # never reached

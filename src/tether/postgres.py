@@ -36,9 +36,10 @@ When the server goes away:
   error (with a note naming the pool) the first time, then
   :class:`tether.PoolUnavailable` (``__cause__`` is that error) at once, instead of
   waiting out ``acquire_timeout``.
-* The pool keeps trying to reconnect in the background, with capped exponential backoff
-  (``retry_delay``, 0.1 s doubling up to 5 s), for as long as it is open, and serves again
-  as soon as the server answers.
+* The pool tries again with capped exponential backoff (``retry_delay``, 0.1 s doubling
+  up to 5 s), for as long as it is open: in the background to keep ``min_size``
+  connections, and through the first caller after each delay while callers keep asking.
+  It serves again as soon as the server answers.
 
 ``connect_timeout`` bounds each attempt to connect (and, in async pools, each check and
 each rollback on return). It defaults to the pool's ``acquire_timeout``, or 10 s when
