@@ -114,12 +114,16 @@ def pool(
         raise ImportError(
             "tether.postgres.pool() needs psycopg 3: pip install 'tether[postgres]'"
         ) from exc
-    pool_options(f"{__name__}.pool", pool_options_)
-    description = _describe(_libpq_parts(dsn, pool_options_.get("name")))
-    timeout = _connect_timeout(connect_timeout, pool_options_)
-    _check_common(pgbouncer, configure, connect_args)
-    if pool_options_.get("name") is None:
-        pool_options_["name"] = description
+    _, timeout = _prepare(
+        "pool",
+        _libpq_parts,
+        dsn,
+        pgbouncer,
+        connect_timeout,
+        configure,
+        connect_args,
+        pool_options_,
+    )
     return _pg_psycopg.sync_pool(
         dsn,
         connect_timeout=timeout,
@@ -196,12 +200,16 @@ def async_pool(
                 "tether.postgres.async_pool(driver='asyncpg') needs asyncpg: "
                 "pip install 'tether[asyncpg]'"
             ) from exc
-        pool_options(f"{__name__}.async_pool", pool_options_)
-        description = _describe(_url_parts(dsn, pool_options_.get("name")))
-        timeout = _connect_timeout(connect_timeout, pool_options_)
-        _check_common(pgbouncer, configure, connect_args)
-        if pool_options_.get("name") is None:
-            pool_options_["name"] = description
+        description, timeout = _prepare(
+            "async_pool",
+            _url_parts,
+            dsn,
+            pgbouncer,
+            connect_timeout,
+            configure,
+            connect_args,
+            pool_options_,
+        )
         return _pg_asyncpg.async_pool(
             dsn,
             connect_timeout=timeout,
@@ -219,12 +227,16 @@ def async_pool(
                 "tether.postgres.async_pool(driver='psycopg') needs psycopg 3: "
                 "pip install 'tether[postgres]'"
             ) from exc
-        pool_options(f"{__name__}.async_pool", pool_options_)
-        description = _describe(_libpq_parts(dsn, pool_options_.get("name")))
-        timeout = _connect_timeout(connect_timeout, pool_options_)
-        _check_common(pgbouncer, configure, connect_args)
-        if pool_options_.get("name") is None:
-            pool_options_["name"] = description
+        _, timeout = _prepare(
+            "async_pool",
+            _libpq_parts,
+            dsn,
+            pgbouncer,
+            connect_timeout,
+            configure,
+            connect_args,
+            pool_options_,
+        )
         return _pg_psycopg.async_pool(
             dsn,
             connect_timeout=timeout,
@@ -237,6 +249,31 @@ def async_pool(
 
 
 # ---------------------------------------------------------------------------- checks
+
+
+def _prepare(  # noqa: PLR0917 - one internal call site per public function
+    function: str,
+    parse: Callable[[object, str | None], dict[str, str]],
+    dsn: object,
+    pgbouncer: object,
+    connect_timeout: float | None,
+    configure: object,
+    connect_args: Mapping[str, object] | None,
+    options: PoolOptions,
+) -> tuple[str, float]:
+    """Check what every pool function takes; name the pool after the server if unnamed.
+
+    Returns:
+        The description of the server (``"postgres user@host:port/dbname"``) and the
+        bound of one connection attempt.
+    """
+    pool_options(f"{__name__}.{function}", options)
+    description = _describe(parse(dsn, options.get("name")))
+    timeout = _connect_timeout(connect_timeout, options)
+    _check_common(pgbouncer, configure, connect_args)
+    if options.get("name") is None:
+        options["name"] = description
+    return description, timeout
 
 
 def _check_common(

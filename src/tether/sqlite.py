@@ -51,6 +51,7 @@ _MEMDB: Final = sqlite3.sqlite_version_info >= (3, 36, 0)
 between connections with normal locking (and so honour the busy timeout)."""
 
 
+@final
 class _PooledConnection(sqlite3.Connection):
     """A connection of a :func:`pool`: it remembers how its transactions begin."""
 
