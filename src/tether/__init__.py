@@ -4,9 +4,10 @@ Every connection, file handle, stream and checkout is released exactly once, on 
 path (success, exception, cancellation, client disconnect), and when something is not,
 tether says what leaked, where it was acquired and who holds it.
 
-Integrations live in their own modules and need their extras: ``tether.postgres``
-(``tether[postgres]`` / ``tether[asyncpg]``), ``tether.starlette`` (``tether[starlette]``).
-Importing ``tether`` itself never imports an optional dependency.
+Databases have modules of their own: ``tether.db`` (transactions) and ``tether.sqlite``
+(SQLite pools) need nothing beyond the standard library. Integrations need their extras:
+``tether.postgres`` (``tether[postgres]`` / ``tether[asyncpg]``), ``tether.starlette``
+(``tether[starlette]``). Importing ``tether`` itself never imports an optional dependency.
 """
 
 from ._async_pool import AsyncPool as AsyncPool
@@ -17,6 +18,7 @@ from ._exceptions import PoolTimeout as PoolTimeout
 from ._exceptions import PoolUnavailable as PoolUnavailable
 from ._exceptions import StreamIdleTimeout as StreamIdleTimeout
 from ._exceptions import TetherError as TetherError
+from ._exceptions import TransactionAborted as TransactionAborted
 from ._files import atomic_write as atomic_write
 from ._files import atomic_write_async as atomic_write_async
 from ._pool import Pool as Pool
@@ -60,6 +62,7 @@ __all__ = [
     "Suppressor",
     "TetherError",
     "Timer",
+    "TransactionAborted",
     "__version__",
     "accumulate",
     "atomic_write",

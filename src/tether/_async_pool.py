@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from types import TracebackType
+from types import CodeType, TracebackType
 from typing import Final, TypeVar, final
 
 from ._aio import run_shielded
@@ -276,12 +276,8 @@ class AsyncPool(PoolShell[R]):
         """
         if timeout is not DEFAULT:
             self._resolve_timeout(timeout)
-        borrowing = _Acquire(self, timeout)
-        resource = await borrowing.__aenter__()
-        # __aenter__ saw this method as its caller: point the holder at the user's line.
-        slot = borrowing._slot
-        slot.site_code, slot.site_offset = user_code(1)
-        return resource
+        code, offset = user_code(1)
+        return await _AcquireAt(self, timeout, code, offset).__aenter__()
 
     async def put(self, resource: R, *, broken: bool = False) -> None:
         """Give back a resource borrowed with :meth:`get`.
@@ -619,7 +615,6 @@ async def _housekeep(pool_ref: weakref.ref[AsyncPool[R]], poke: asyncio.Event) -
             pass
 
 
-@final
 class _Acquire(Waiter[R]):
     """``async with pool.acquire() as resource``: the context manager behind it.
 
@@ -705,3 +700,27 @@ class _Acquire(Waiter[R]):
                         future.set_result(None)
             return
         await pool._give_back(self._slot, self._lease, exc)
+
+
+@final
+class _AcquireAt(_Acquire[R]):
+    """An acquire made by tether on the user's behalf (``get()``, a pool transaction):
+    the holder's site is the user's line, given here, not tether's own."""
+
+    __slots__ = ("_at",)
+
+    def __init__(
+        self,
+        pool: AsyncPool[R],
+        timeout: float | None,
+        site_code: CodeType | None,
+        site_offset: int,
+    ) -> None:
+        super().__init__(pool, timeout)
+        self._at = (site_code, site_offset)
+
+    async def __aenter__(self) -> R:
+        resource = await super().__aenter__()
+        slot = self._slot
+        slot.site_code, slot.site_offset = self._at
+        return resource

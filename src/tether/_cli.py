@@ -24,10 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"tether {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser(
+    demo = commands.add_parser(
         "demo",
         help="a guided tour on an embedded SQLite database",
         description="A guided tour of tether on a SQLite database in a temporary directory.",
+    )
+    demo.add_argument(
+        "--dsn",
+        metavar="URL",
+        help="run the pool step on this PostgreSQL database instead (needs tether[postgres])",
     )
     return parser
 
@@ -40,5 +45,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        return run_demo(sys.stdout)
+        return run_demo(sys.stdout, args.dsn)
     raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover

@@ -6,7 +6,8 @@ output) and shows one capability. A new capability adds its own step to the list
 whole tour runs inside a :class:`~tether.Scope` that owns the temporary directory, so
 the last thing it shows is that scope cleaning up after itself.
 
-Only the standard library is used, so the demo runs on a core install.
+Only the standard library is used, so the demo runs on a core install. With ``--dsn``
+the pool step runs on PostgreSQL instead (that needs ``tether[postgres]``).
 """
 
 from __future__ import annotations
@@ -15,13 +16,17 @@ import json
 import logging
 import sqlite3
 import tempfile
+import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO, TypeVar, final
+from typing import Any, TextIO, TypeVar, final
 
+from . import db, sqlite
 from ._files import atomic_write
+from ._pool import Pool
 from ._scope import Scope, cleanup_errors
 from ._stream import StreamSnapshot, accumulate
 from ._suppress import suppress
@@ -38,12 +43,16 @@ INDENT = "   "
 class Tour:
     """What every step of the tour shares."""
 
-    def __init__(self, workdir: Path, out: TextIO, logger: logging.Logger) -> None:
+    def __init__(
+        self, workdir: Path, out: TextIO, logger: logging.Logger, dsn: str | None = None
+    ) -> None:
         self.workdir = workdir
         self.database = workdir / "shop.db"
         self.out = out
         self.logger = logger
         """A logger whose records are printed as part of the tour."""
+        self.dsn = dsn
+        """A PostgreSQL URL for the pool steps, or ``None`` to run them on SQLite."""
 
     def say(self, text: str = "", *, level: int = 1) -> None:
         """Print one line of the tour, indented under its step."""
@@ -52,6 +61,21 @@ class Tour:
     def connect(self) -> sqlite3.Connection:
         """Open a connection to the tour's database."""
         return sqlite3.connect(self.database)
+
+    def pool(self, **options: Any) -> Pool[Any]:
+        """A connection pool on the tour's database (PostgreSQL with ``--dsn``)."""
+        if self.dsn is None:
+            # WAL with synchronous=NORMAL: durable against crashes of the program, and a
+            # commit does not wait for the disk.
+            return sqlite.pool(
+                self.database,
+                transaction_mode="IMMEDIATE",
+                configure=lambda conn: conn.execute("PRAGMA synchronous = NORMAL"),
+                **options,
+            )
+        from . import postgres  # noqa: PLC0415 - only with --dsn, which needs the extra
+
+        return postgres.pool(self.dsn, **options)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,11 +274,118 @@ def abandoned_stream(tour: Tour) -> None:
     tour.say(f"1,000,000 rows were never produced: the source ran {len(stream.chunks)}.")
 
 
+class OutOfStock(Exception):
+    """A sale of an item that has run out (raised inside the sale's transaction)."""
+
+
+WORKERS = 8
+SALES_PER_WORKER = 25
+CAKES = 5
+TEA = 1000
+
+
+def pooled_workers(tour: Tour) -> None:
+    """Worker threads share a small pool; each sale is one transaction, and a sale that
+    fails half-way is rolled back."""
+    postgres = tour.dsn is not None
+    suffix = f"_{uuid.uuid4().hex[:8]}" if postgres else ""
+    names = {
+        "stock": f"tether_demo_stock{suffix}",
+        "sales": f"tether_demo_sales{suffix}",
+        "mark": "%s" if postgres else "?",  # the drivers' parameter markers
+    }
+
+    def sql(template: str) -> str:
+        """A statement on this step's own tables (no user input ever goes in)."""
+        return template.format_map(names)
+
+    with Scope(name="pool step") as scope:
+        pool = scope.enter(tour.pool(max_size=3, name="shop"))
+        where = "PostgreSQL" if postgres else f"SQLite ({tour.database.name}, WAL mode)"
+        tour.say(f"{WORKERS} worker threads share a pool of 3 connections to {where}", level=2)
+        with db.transaction(pool) as conn:
+            conn.execute(sql("CREATE TABLE {stock} (item TEXT PRIMARY KEY, units INTEGER)"))
+            conn.execute(sql("CREATE TABLE {sales} (worker INTEGER, item TEXT)"))
+            conn.execute(
+                sql("INSERT INTO {stock} VALUES ({mark}, {mark}), ({mark}, {mark})"),
+                ("tea", TEA, "cake", CAKES),
+            )
+        if postgres:
+            scope.callback(_drop, pool, names["stock"], names["sales"])
+
+        def sell(worker: int, item: str) -> None:
+            with db.transaction(pool) as conn:
+                conn.execute(
+                    sql("UPDATE {stock} SET units = units - 1 WHERE item = {mark}"), (item,)
+                )
+                conn.execute(sql("INSERT INTO {sales} VALUES ({mark}, {mark})"), (worker, item))
+                (left,) = conn.execute(
+                    sql("SELECT units FROM {stock} WHERE item = {mark}"), (item,)
+                ).fetchone()
+                if left < 0:
+                    raise OutOfStock(item)
+
+        outcomes = {"committed": 0, "rolled back": 0}
+        lock = threading.Lock()
+
+        def work(worker: int) -> None:
+            for sale in range(SALES_PER_WORKER):
+                try:
+                    sell(worker, "cake" if sale % 5 == 0 else "tea")
+                    outcome = "committed"
+                except OutOfStock:
+                    outcome = "rolled back"
+                with lock:
+                    outcomes[outcome] += 1
+
+        tour.say(
+            f"each sells {SALES_PER_WORKER} items, one transaction per sale; only 5 cakes "
+            "are in stock, so most cake sales fail half-way and roll back",
+            level=2,
+        )
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(WORKERS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        tour.say(
+            f"{WORKERS * SALES_PER_WORKER} transactions: {outcomes['committed']} committed, "
+            f"{outcomes['rolled back']} rolled back",
+            level=2,
+        )
+        with pool.acquire() as conn:
+            left = dict(conn.execute(sql("SELECT item, units FROM {stock}")).fetchall())
+            sold = dict(
+                conn.execute(sql("SELECT item, count(*) FROM {sales} GROUP BY item")).fetchall()
+            )
+        for item, start in (("tea", TEA), ("cake", CAKES)):
+            tour.say(
+                f"{item}: {start} in stock, {sold.get(item, 0)} sold, {left[item]} left "
+                f"({'adds up' if sold.get(item, 0) + left[item] == start else 'DOES NOT ADD UP'})",
+                level=2,
+            )
+        stats = pool.stats()
+        tour.say(
+            f"pool stats: {stats.created} connections made for {stats.acquired} acquisitions, "
+            f"{stats.in_use} in use now, longest wait {stats.wait.max * 1000:.1f} ms, "
+            f"{stats.timeouts} timeouts",
+            level=2,
+        )
+    tour.say("the pool closed with the step's scope: every connection was returned and closed.")
+
+
+def _drop(pool: Pool[Any], *tables: str) -> None:
+    with pool.acquire() as conn:
+        for table in tables:
+            conn.execute(f"DROP TABLE {table}")
+
+
 STEPS: list[Step] = [
     Step("A scope closes everything, last in first out", lifo_cleanup),
     Step("The body's error wins; a failed cleanup is attached, not lost", body_error_wins),
     Step("Timing queries with tether.timed", timing_queries),
     Step("Suppressing an expected error without losing it", suppressing),
+    Step("A connection pool shared by worker threads, with transactions", pooled_workers),
     Step("A streamed report, written atomically", streaming_report),
     Step("A stream abandoned early is still closed", abandoned_stream),
 ]
@@ -268,17 +399,23 @@ class _PlainFormatter(logging.Formatter):
         return ""
 
 
-def run_demo(out: TextIO) -> int:
+def run_demo(out: TextIO, dsn: str | None = None) -> int:
     """Run every step of the tour, printing to ``out``.
+
+    Args:
+        out: where the tour is printed.
+        dsn: a PostgreSQL URL: the pool step runs there instead of on SQLite.
 
     Returns:
         The exit status: 0.
     """
     out.write("tether demo: deterministic cleanup, shown on a real SQLite database\n")
+    if dsn is not None:
+        out.write("the pool step runs on PostgreSQL\n")
     with Scope(name="demo") as scope:
         workdir = Path(scope.enter(tempfile.TemporaryDirectory(prefix="tether-demo-")))
         logger = scope.enter(_printing_logger(out))
-        tour = Tour(workdir, out, logger)
+        tour = Tour(workdir, out, logger, dsn)
         out.write(f"working in a temporary directory: {workdir}\n")
         for number, step in enumerate(STEPS, start=1):
             out.write(f"\n{number}. {step.title}\n")

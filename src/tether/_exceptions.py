@@ -13,6 +13,8 @@ The tree::
           │    ├── PoolUnavailable         the outside world: it cannot create resources
           │    │                           right now (``__cause__`` is the real error)
           │    └── PoolClosed              your code closed it (or never opened it)
+          ├── TransactionAborted           the database rolled a transaction back instead
+          │                                of committing it (a statement in it had failed)
           └── StreamIdleTimeout            the source sent nothing within idle_timeout
                                            (also a TimeoutError)
 
@@ -41,6 +43,7 @@ __all__ = [
     "PoolUnavailable",
     "StreamIdleTimeout",
     "TetherError",
+    "TransactionAborted",
 ]
 
 _BaseExceptionT_co = TypeVar("_BaseExceptionT_co", bound=BaseException, covariant=True)
@@ -114,6 +117,16 @@ class PoolUnavailable(PoolError):
 
 class PoolClosed(PoolError):
     """The pool is closed (or was never opened), so it hands nothing out."""
+
+
+class TransactionAborted(TetherError):
+    """A transaction could not commit: the database had already aborted it.
+
+    On PostgreSQL a statement that fails inside a transaction aborts the whole
+    transaction; if the code in a :func:`tether.db.transaction` block caught that error
+    and finished normally, the commit can only roll back. This error says so, instead of
+    letting the block look committed.
+    """
 
 
 class StreamIdleTimeout(TetherError, TimeoutError):

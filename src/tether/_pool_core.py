@@ -767,6 +767,8 @@ class PoolCore(Generic[R]):
             self.woken.append(waiter)
         else:
             self._settle(slot, now)
+        if self._waiting:
+            self._offer_room(now)  # waiters queued while the pool was failing
         return slot
 
     def create_failed(self, error: BaseException, now: float, waiter: Waiter[R] | None) -> None:
@@ -948,12 +950,19 @@ class PoolCore(Generic[R]):
             self._idle.append(slot)
 
     def _offer_room(self, now: float) -> None:
-        """Room for one resource may have appeared: give the head waiter a permit, or its
-        failure when the pool cannot create resources right now."""
-        if self.state is not OPEN or self.size >= self.config.max_size:
-            return
-        waiter = self._next_waiter()
-        if waiter is not None:
+        """Room may have appeared: give waiters permits while there is room, or, when the
+        pool cannot create resources right now, their failure.
+
+        A failure takes no room, so while the pool is failing every waiter that room
+        could serve fails fast (not only the head of the queue: the others would
+        otherwise wait for an event that may not come before their timeout). And when
+        the pool recovers, waiters queued meanwhile get a permit each, up to
+        ``max_size``, rather than sharing the one resource that ended the outage.
+        """
+        while self.state is OPEN and self.size < self.config.max_size:
+            waiter = self._next_waiter()
+            if waiter is None:
+                return
             self._wake(waiter, self._room(now))
 
     def _mark_outage(self, now: float) -> None:
@@ -1029,7 +1038,9 @@ class PoolCore(Generic[R]):
                     continue
                 kept.append(slot)
                 next_due = min(next_due, slot.expires_at)
-                if idle_until > now:  # past it, the slot is kept for min_size: not due
+                if surplus > 0:
+                    # One that min_size keeps has no idle deadline: a past one would
+                    # have the housekeeper spin.
                     next_due = min(next_due, idle_until)
             self._idle = kept
         leaked: list[Slot[R]] = []

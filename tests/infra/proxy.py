@@ -355,9 +355,10 @@ class TcpProxy:
             except ConnectionAbortedError:
                 continue  # the client gave up before we got to it
             if self._mode is ProxyMode.REFUSE:
-                _reset(client)
+                # Counted first: the client sees the reset at once and may read the count.
                 with self._lock:
                     self._refused_total += 1
+                _reset(client)
                 continue
             client.settimeout(0.0)
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -1,0 +1,138 @@
+"""asyncpg behind :mod:`tether.postgres`: how to make, check, reset and judge a connection.
+
+Imported only by :mod:`tether.postgres`, once asyncpg is known to be installed.
+
+Resetting is decided locally (no round trip for a clean connection, unlike asyncpg's own
+pool, which sends ``RESET ALL`` on every release): a connection in a transaction, or
+whose last query was cancelled and may still be running on the server, is rolled back
+once the cancellation has been acknowledged; a closed one is destroyed; any other
+connection goes straight back. asyncpg has no public way to ask whether a cancellation
+is still in flight; the pool asks the connection's protocol, as asyncpg's own pool does,
+and destroys the connection if that ever stops being possible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+import asyncpg
+
+from ._async_pool import AsyncPool
+from ._pool_options import PoolOptions
+
+__all__ = ["async_pool", "is_broken"]
+
+_LOST: Final = (
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08, and "connection was closed
+    # in the middle of operation" (ConnectionDoesNotExistError)
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    # asyncpg's protocol lost track of the connection's state (an unsolicited FATAL from
+    # the server in the middle of a request, say): it cannot be trusted again.
+    asyncpg.InternalClientError,
+    ConnectionError,
+)
+
+
+def is_broken(error: BaseException) -> bool:
+    """Whether ``error`` says the connection it came from is lost.
+
+    A connection-class error (SQLSTATE ``08``, which includes asyncpg's "connection was
+    closed in the middle of operation"), a server shutdown (``57P01``-``57P03``), asyncpg's
+    ``InternalClientError`` (its protocol lost track of the connection), or the socket's
+    own ``ConnectionError``. A query timeout or cancellation is not: asyncpg
+    cancels the query and the connection stays usable (returning it waits for that).
+    """
+    return isinstance(error, _LOST)
+
+
+class ConnectionStateUnknown(asyncpg.InterfaceError):  # type: ignore[misc]
+    """A connection came back closed, or in a state tether cannot inspect."""
+
+
+def async_pool(
+    dsn: str,
+    *,
+    connect_timeout: float,
+    pgbouncer: bool,
+    configure: Callable[[Any], object] | None,
+    connect_args: Mapping[str, object] | None,
+    description: str,
+    options: PoolOptions,
+) -> AsyncPool[Any]:
+    """An :class:`tether.AsyncPool` of asyncpg connections (see
+    :func:`tether.postgres.async_pool`)."""
+    connect_options: dict[str, Any] = {"timeout": connect_timeout}
+    if pgbouncer:
+        # Named prepared statements do not survive transaction pooling; with no cache,
+        # asyncpg uses unnamed ones.
+        connect_options["statement_cache_size"] = 0
+    connect_options.update(connect_args or {})
+    server_timeout = connect_timeout
+
+    async def create() -> Any:
+        try:
+            conn = await asyncpg.connect(dsn, **connect_options)
+        except (OSError, TimeoutError) as error:
+            # Socket errors do not say where they were going ("Name or service not known").
+            error.add_note(f"(connecting to {description})")
+            raise
+        if configure is not None:
+            try:
+                configured = configure(conn)
+                if inspect.isawaitable(configured):
+                    await configured
+            except BaseException:
+                conn.terminate()
+                raise
+        return conn
+
+    async def check(conn: Any) -> bool:
+        if conn.is_closed():
+            return False
+        await conn.execute("SELECT 1", timeout=server_timeout)
+        return True
+
+    def reset(conn: Any) -> Awaitable[None] | None:
+        if conn.is_closed():
+            raise ConnectionStateUnknown("connection returned closed: it cannot be reused")
+        try:
+            cancelling = conn._protocol._is_cancelling()
+        except AttributeError:
+            raise ConnectionStateUnknown(
+                "this asyncpg cannot tell whether a cancelled query is still running"
+            ) from None
+        if cancelling or conn.is_in_transaction():
+            return _settle(conn, server_timeout)
+        return None
+
+    async def destroy(conn: Any) -> None:
+        if conn.is_closed():
+            conn.terminate()  # frees what asyncpg still holds for it
+            return
+        try:
+            await conn.close(timeout=server_timeout)
+        except Exception:  # noqa: BLE001 - asyncpg aborted it: it is gone either way
+            conn.terminate()
+
+    return AsyncPool(
+        create,
+        destroy=destroy,
+        check=check,
+        reset=reset,
+        is_broken=is_broken,
+        **options,
+    )
+
+
+async def _settle(conn: Any, timeout: float) -> None:
+    """Wait for a cancelled query to end, then roll back what is left open."""
+    async with asyncio.timeout(timeout):
+        if conn._protocol._is_cancelling():
+            await conn._protocol._wait_for_cancellation()
+        if conn.is_in_transaction():
+            await conn.execute("ROLLBACK")
