@@ -19,7 +19,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from types import CodeType, TracebackType
-from typing import Final, TypeVar, final
+from typing import Final, TypeVar, cast, final
 
 from ._aio import run_shielded
 from ._pool_base import DEFAULT, PoolShell, logger
@@ -48,6 +48,11 @@ def _current_task_of(loop: asyncio.AbstractEventLoop | None) -> object:
 _task_of: Final[Callable[[asyncio.AbstractEventLoop | None], object]] = (
     _current_task_of if _current_tasks is None else _current_tasks.get
 )
+
+
+_RETURNED: Final = cast("Awaitable[object]", object())
+"""Returned by :meth:`AsyncPool._reset_now` when the resource is already back (a marker;
+never awaited)."""
 
 
 class _CreationTimedOut(Exception):
@@ -405,10 +410,47 @@ class AsyncPool(PoolShell[R]):
 
     # ------------------------------------------------------------------ release
 
+    def _reset_now(self, slot: Slot[R], lease: int) -> Awaitable[object] | None:
+        """Run ``reset`` on a resource coming back from a block that succeeded.
+
+        Returns ``None`` when it is done (a clean database connection: no await, no round
+        trip, and the return keeps to the short way), the awaitable it returned when it
+        has work left, or :data:`_RETURNED` when it failed and the resource has been
+        returned as broken.
+        """
+        if slot.lease != lease:
+            return None  # not ours any more: the return is refused below, unreset
+        reset = self._reset
+        assert reset is not None
+        try:
+            pending = reset(slot.resource)
+        except Exception:  # noqa: BLE001 - a failed reset means a broken resource
+            self._core.release(slot, lease, _monotonic(), broken=True)
+            self._flush()
+            return _RETURNED
+        except BaseException:
+            self._core.release(slot, lease, _monotonic(), broken=True)
+            self._flush()
+            raise
+        if pending is not None and inspect.isawaitable(pending):
+            awaitable: Awaitable[object] = pending
+            return awaitable
+        return None
+
     async def _give_back(
-        self, slot: Slot[R], lease: int, error: BaseException | None, *, broken: bool = False
+        self,
+        slot: Slot[R],
+        lease: int,
+        error: BaseException | None,
+        *,
+        broken: bool = False,
+        pending: Awaitable[object] | None = None,
     ) -> None:
-        """Reset and return a resource; ``error`` is what the holder's block raised."""
+        """Reset and return a resource; ``error`` is what the holder's block raised.
+
+        ``pending`` is what ``reset`` returned when the caller already ran it and it has
+        work left to await.
+        """
         if slot.lease != lease:
             # Given back already (or reclaimed by a close that timed out), and perhaps
             # handed to someone else since: not this caller's to reset. The core refuses
@@ -426,7 +468,8 @@ class AsyncPool(PoolShell[R]):
         reset = self._reset
         if reset is not None and not broken:
             try:
-                pending = reset(slot.resource)
+                if pending is None:
+                    pending = reset(slot.resource)  # type: ignore[assignment]
                 if pending is not None and inspect.isawaitable(pending):
                     if error is None:
                         await pending
@@ -439,8 +482,20 @@ class AsyncPool(PoolShell[R]):
                 raise
             except Exception:  # noqa: BLE001 - a failed reset means a broken resource
                 broken = True
-        self._core.release(slot, lease, _monotonic(), broken=broken)
-        self._flush()
+        if broken:
+            self._core.release(slot, lease, _monotonic(), broken=True)
+            self._flush()
+        else:
+            self._carry_out(self._core.give_back(slot, lease, _monotonic()))
+
+    def _carry_out(self, handed_to: Waiter[R] | bool | None) -> None:
+        """Finish a :meth:`PoolCore.give_back`: wake the waiter it handed to, or flush."""
+        if handed_to is True:
+            self._flush()
+        elif handed_to is not None:
+            future: asyncio.Future[None] = handed_to.handle  # type: ignore[union-attr,assignment]
+            if not future.done():
+                future.set_result(None)
 
     async def _judge(self, error: BaseException) -> bool:
         is_broken = self._is_broken
@@ -688,9 +743,14 @@ class _Acquire(Waiter[R]):
         tb: TracebackType | None,
     ) -> None:
         pool = self._pool
-        if exc is None and pool._reset is None:
-            core = pool._core
-            handed_to = core.give_back(self._slot, self._lease, _monotonic())
+        if exc is None:
+            if pool._reset is not None:
+                pending = pool._reset_now(self._slot, self._lease)
+                if pending is not None:
+                    if pending is not _RETURNED:
+                        await pool._give_back(self._slot, self._lease, None, pending=pending)
+                    return
+            handed_to = pool._core.give_back(self._slot, self._lease, _monotonic())
             if handed_to is not None:
                 if handed_to is True:
                     pool._flush()

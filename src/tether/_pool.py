@@ -409,9 +409,21 @@ class Pool(PoolShell[R]):
                     self._core.release(slot, lease, _monotonic(), broken=True)
                 self._flush()
                 raise
+        if broken:
+            with self._lock:
+                self._core.release(slot, lease, _monotonic(), broken=True)
+            self._flush()
+            return
         with self._lock:
-            self._core.release(slot, lease, _monotonic(), broken=broken)
-        self._flush()
+            handed_to = self._core.give_back(slot, lease, _monotonic())
+        self._carry_out(handed_to)
+
+    def _carry_out(self, handed_to: Waiter[R] | bool | None) -> None:
+        """Finish a :meth:`PoolCore.give_back`: wake the waiter it handed to, or flush."""
+        if handed_to is True:
+            self._flush()
+        elif handed_to is not None:
+            handed_to.handle.release()  # type: ignore[union-attr]
 
     def _judge(self, error: BaseException) -> bool:
         is_broken = self._is_broken
@@ -580,9 +592,7 @@ class _Acquire(Generic[R]):
             core = pool._core
             with pool._lock:
                 handed_to = core.give_back(self._slot, self._lease, _monotonic())
-            if handed_to is True:
-                pool._flush()
-            elif handed_to is not None:
-                handed_to.handle.release()  # type: ignore[union-attr]
+            if handed_to is not None:
+                pool._carry_out(handed_to)
             return
         pool._give_back(self._slot, self._lease, exc)
