@@ -297,26 +297,27 @@ class Pool(PoolShell[R]):
             grant = core.acquire(now, waiter)
             if grant is None:
                 waiter.handle = _sleeper()
-        self._flush()
+            busy = core.woken or core.doomed
+        if busy:
+            self._flush()
         while True:
             if grant is None:
                 grant = self._wait(waiter, deadline)
             if isinstance(grant, Slot):
-                if self._check is not None:
+                # The slot is ours now: what the core decided about it can be read
+                # without the lock.
+                if self._check is None or not core.needs_check(grant, _monotonic()):
+                    return grant
+                if self._passes_check(grant):
                     with self._lock:
-                        due = core.needs_check(grant, _monotonic())
-                    if due:
-                        if self._passes_check(grant):
-                            with self._lock:
-                                core.check_passed(grant, _monotonic())
-                            return grant
-                        with self._lock:
-                            grant = core.check_failed(grant, waiter, _monotonic())
-                            if grant is None:
-                                waiter.handle = _sleeper()
-                        self._flush()
-                        continue
-                return grant
+                        core.check_passed(grant, _monotonic())
+                    return grant
+                with self._lock:
+                    grant = core.check_failed(grant, waiter, _monotonic())
+                    if grant is None:
+                        waiter.handle = _sleeper()
+                self._flush()
+                continue
             if grant is CREATE:
                 return self._create_for(waiter)
             assert isinstance(grant, BaseException)
@@ -333,8 +334,11 @@ class Pool(PoolShell[R]):
                 self._core.cancel_wait(waiter, _monotonic(), timed_out=False)
             self._flush()
             raise
+        if woken:
+            # Whoever woke us set the grant first, under the lock.
+            return waiter.grant
         with self._lock:
-            if woken or waiter.grant is not None:
+            if waiter.grant is not None:
                 return waiter.grant
             now = _monotonic()
             self._core.cancel_wait(waiter, now, timed_out=True)
