@@ -523,13 +523,15 @@ class PoolCore(Generic[R]):
         Never barges: nothing is idle while anyone waits.
         """
         idle = self._idle
-        if idle:
+        try:
             slot = idle[-1]
-            if now < slot.fresh_until:
-                idle.pop()
-                slot.lease += 1
-                slot.acquired_at = now
-                return slot
+        except IndexError:  # nothing idle (shells look at `idle` first, so rarely here)
+            return None
+        if now < slot.fresh_until:
+            idle.pop()
+            slot.lease += 1
+            slot.acquired_at = now
+            return slot
         return None
 
     def acquire(self, now: float, waiter: Waiter[R]) -> Slot[R] | _Create | BaseException | None:
