@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tether import __version__
-from tether._cli import main
+from tether._cli import BENCHMARKS, main, run_bench
 from tether._demo import STEPS, Step, Tour
 
 KEY_LINES = [
@@ -132,3 +132,31 @@ def test_demo_as_a_program_with_warnings_as_errors() -> None:
     )
     assert (result.returncode, result.stderr) == (0, "")
     assert lines_in_order(result.stdout, KEY_LINES) == []
+
+
+def test_bench_lists_the_benchmarks_of_the_checkout(capsys: pytest.CaptureFixture[str]) -> None:
+    """``tether bench --list`` names every benchmarks/bench_*.py of the source checkout."""
+    assert main(["bench", "--list"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert names == sorted(p.stem.removeprefix("bench_") for p in BENCHMARKS.glob("bench_*.py"))
+    assert "pool" in names
+
+
+def test_bench_runs_the_chosen_ones_and_reports_failures(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Each chosen benchmark runs in its own interpreter; a failing one makes the status 1."""
+    (tmp_path / "bench_fine.py").write_text("print('fine ran')\n", encoding="utf-8")
+    (tmp_path / "bench_broken.py").write_text("raise SystemExit(3)\n", encoding="utf-8")
+    assert run_bench(["fine"], list_only=False, directory=tmp_path) == 0
+    assert "fine ran" in capfd.readouterr().out
+    assert run_bench([], list_only=False, directory=tmp_path) == 1
+    assert "failed: broken" in capfd.readouterr().err
+
+
+def test_bench_says_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown name, or an install without the benchmarks, is a clear error (status 2)."""
+    assert main(["bench", "nope"]) == 2
+    assert "no benchmark called nope; there are: " in capsys.readouterr().err
+    assert run_bench([], list_only=False, directory=tmp_path / "missing") == 2
+    assert "ship with tether's source repository" in capsys.readouterr().err

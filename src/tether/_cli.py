@@ -1,14 +1,17 @@
 """The ``tether`` command (also ``python -m tether``).
 
-``tether demo`` runs a guided tour on an embedded SQLite database; ``tether --version``
-and ``tether --help`` do what they say.
+``tether demo`` runs a guided tour on an embedded SQLite database; ``tether bench`` runs
+the benchmarks of a source checkout (the "Benchmarks" section of the README);
+``tether --version`` and ``tether --help`` do what they say.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ._demo import run_demo
 from ._version import __version__
@@ -34,7 +37,62 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="run the pool step on this PostgreSQL database instead (needs tether[postgres])",
     )
+    bench = commands.add_parser(
+        "bench",
+        help="run the benchmarks of a source checkout",
+        description=(
+            "Run tether's benchmarks (benchmarks/bench_*.py in a source checkout), each "
+            "measuring tether side by side with its baseline in one run."
+        ),
+    )
+    bench.add_argument(
+        "names", nargs="*", metavar="NAME", help="which ones, e.g. pool stream (default: all)"
+    )
+    bench.add_argument("--list", action="store_true", help="list them and exit")
     return parser
+
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+"""Where the benchmarks live in a source checkout (they are not installed)."""
+
+
+def run_bench(names: Sequence[str], *, list_only: bool, directory: Path = BENCHMARKS) -> int:
+    """Run the benchmarks called ``names`` (all when empty), one after the other.
+
+    Returns:
+        0 when every one ran, 1 when one failed, 2 when there is nothing to run.
+    """
+    scripts = sorted(directory.glob("bench_*.py")) if directory.is_dir() else []
+    if not scripts:
+        print(
+            "tether bench: no benchmarks here. They ship with tether's source repository: "
+            "run `tether bench` from a checkout installed with `pip install -e .`.",
+            file=sys.stderr,
+        )
+        return 2
+    available = {script.stem.removeprefix("bench_"): script for script in scripts}
+    if list_only:
+        for name, script in available.items():
+            print(f"{name:10} {script}")
+        return 0
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        print(
+            f"tether bench: no benchmark called {', '.join(unknown)}; "
+            f"there are: {', '.join(available)}",
+            file=sys.stderr,
+        )
+        return 2
+    failed = []
+    for name in names or list(available):
+        print(f"== {name} ==", flush=True)
+        result = subprocess.run([sys.executable, str(available[name])], check=False)  # noqa: S603
+        if result.returncode:
+            failed.append(name)
+    if failed:
+        print(f"tether bench: failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,4 +104,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         return run_demo(sys.stdout, args.dsn)
+    if args.command == "bench":
+        return run_bench(args.names, list_only=args.list)
     raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover
