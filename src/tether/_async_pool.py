@@ -728,8 +728,8 @@ class _Acquire(Waiter[R]):
                 grant = self.grant
             elif core.woken or core.doomed:
                 pool._flush()
-            if grant.__class__ is Slot and pool._check is None:
-                slot = grant
+            if grant.__class__ is Slot and not grant.must_check:
+                slot = grant  # the core decided it needs no check
             else:
                 slot = await pool._acquire_rest(self, grant)
         self._slot = slot
