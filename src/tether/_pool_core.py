@@ -36,6 +36,11 @@ pool closed, or it is failing to create resources). Nothing idle ever sits besid
 waiter, so the fast path (take the most recently used idle slot) never barges ahead of
 anyone.
 
+Deadlines are the core's too: each waiter carries one, and :meth:`PoolCore.expire` times
+out those past it (the shell arms one timer for the earliest). Waiters usually arrive in
+deadline order (one ``acquire_timeout`` for all), so the queue itself is the deadline
+order and costs nothing; the few that arrive out of order also go into a heap.
+
 Failing and recovering
 ----------------------
 When a creation fails, the pool enters the *failing* state with the error and a retry
@@ -43,9 +48,9 @@ time (capped exponential backoff with jitter). Until then, callers that would ne
 resource fail fast with :class:`~tether.PoolUnavailable` (its ``__cause__`` is the real
 error) instead of each waiting out ``acquire_timeout``. The first acquire after the retry
 time tries a creation itself (one at a time), and the shells' background work retries on
-the same schedule while ``min_size`` is not met. Any failure also marks an *outage*: idle
-resources created before it are suspect and must pass ``check`` (or are replaced) before
-being handed out again.
+the same schedule while ``min_size`` is not met. Any failure also marks an *outage*:
+resources that were around before it are suspect and must pass ``check`` before being
+handed out again (a pool without ``check`` cannot tell, and leaves them be).
 """
 
 from __future__ import annotations
@@ -410,11 +415,6 @@ class PoolCore(Generic[R]):
     def held_count(self) -> int:
         """Resources handed out."""
         return len(self._slots) - len(self._idle) - self._doomed_count
-
-    @property
-    def creating_count(self) -> int:
-        """Creations in progress."""
-        return self._creating
 
     @property
     def waiting_count(self) -> int:
@@ -805,11 +805,6 @@ class PoolCore(Generic[R]):
         if waiter is not None and not waiter.cancelled:
             self._wake(waiter, self._closed_error())
         self._maybe_closed()
-
-    @property
-    def retry_at(self) -> float:
-        """When the next creation may be attempted while failing (``-inf`` when healthy)."""
-        return self._retry_at if self._failing else -INF
 
     def refill(self, now: float) -> int:
         """How many background creations to start now (to reach ``min_size``).
