@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any
 
@@ -69,9 +70,9 @@ def test_each_twin_is_its_kind_of_context_manager() -> None:
         (async_pool.acquire(), sync_pool.acquire()),
     ]:
         async_type, sync_type = type(async_manager), type(sync_manager)
-        assert inspect.iscoroutinefunction(async_type.__aenter__)
-        assert inspect.iscoroutinefunction(async_type.__aexit__)
-        assert not hasattr(async_type, "__enter__")
-        assert not hasattr(sync_type, "__aenter__")
+        assert isinstance(async_manager, contextlib.AbstractAsyncContextManager)
+        assert not isinstance(async_manager, contextlib.AbstractContextManager)
+        assert isinstance(sync_manager, contextlib.AbstractContextManager)
+        assert not isinstance(sync_manager, contextlib.AbstractAsyncContextManager)
         assert parameters(async_type.__aexit__) == parameters(sync_type.__exit__)
         assert parameters(async_type.__aenter__) == parameters(sync_type.__enter__)

@@ -390,7 +390,7 @@ class PoolCoreMachine(RuleBasedStateMachine):
         if self.core is None:
             return
         core = self.core
-        idle = list(core._idle)
+        idle = list(core.idle)
         held = [
             c.waiter.grant if c.state == "granted" else c.slot
             for c in self.callers

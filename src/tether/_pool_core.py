@@ -41,6 +41,19 @@ out those past it (the shell arms one timer for the earliest). Waiters usually a
 deadline order (one ``acquire_timeout`` for all), so the queue itself is the deadline
 order and costs nothing; the few that arrive out of order also go into a heap.
 
+Short ways
+----------
+Most acquires find an idle resource and most returns put one back, so the core decides
+those two cases ahead of time and publishes the answer as data: the slot on top of
+:attr:`PoolCore.idle` may be handed out while ``now < slot.fresh_until``, and a healthy
+return may go straight back onto the idle stack while :attr:`PoolCore.steady` holds, its
+lease is current and ``now < slot.fast_until``. :meth:`PoolCore.take` and
+:meth:`PoolCore.give_back` carry out those answers and stay the reference. The async
+shell, whose whole fast path costs about as much as five Python calls, writes the two
+short ways out in its context manager instead of calling them: the same conditions, the
+same steps, nothing decided anew (a test drives both side by side and compares every
+field). Everything else goes through the methods.
+
 Failing and recovering
 ----------------------
 When a creation fails, the pool enters the *failing* state with the error and a retry
@@ -136,6 +149,7 @@ class Slot(Generic[R]):
         "expires_at",
         "fast_until",
         "fresh_until",
+        "handle",
         "idle_since",
         "leak_lease",
         "lease",
@@ -176,6 +190,9 @@ class Slot(Generic[R]):
         self.reclaimed = False
         """Destroyed by a close that timed out while still held: its holder's eventual
         return is accepted silently, once."""
+        self.handle: object = None
+        """The shell's own (the core never reads it): the async shell keeps here an
+        awaitable that is already done, with the resource as its result."""
 
     @property
     def held(self) -> bool:
@@ -352,15 +369,15 @@ class PoolCore(Generic[R]):
         self._smooth = False
         """Open, not above ``max_size`` and no ``max_uses``: a healthy return may go
         straight to the longest waiter."""
-        self._steady = False
+        self.steady = False
         """Smooth, and nobody waiting: a healthy return may go straight back onto the
-        idle stack."""
+        idle stack (see "Short ways")."""
         self.woken: list[Waiter[R]] = []
         self.doomed: list[Slot[R]] = []
-        self._idle: deque[Slot[R]] = deque()
-        self.idle = self._idle
-        """The idle stack, for shells to see at a glance whether :meth:`take` can succeed
-        (read it, never change it)."""
+        self.idle: deque[Slot[R]] = deque()
+        """The idle stack, most recently returned on the right. Shells look at it to see
+        whether :meth:`take` can succeed; the async shell also carries out the short ways
+        on it (see "Short ways"), so it is always this one deque, changed in place."""
         self._slots: dict[int, Slot[R]] = {}
         """Every live or doomed slot, by ``id()`` of its resource."""
         self._waiters: deque[Waiter[R]] = deque()
@@ -375,7 +392,8 @@ class PoolCore(Generic[R]):
         self._creating = 0
         self._doomed_count = 0
         self._has_check = config.has_check
-        self._check_after = config.check_after if config.has_check else INF
+        self.check_after = config.check_after if config.has_check else INF
+        """Idle seconds after which a resource must be checked (``inf``: never)."""
         # failing and recovering
         self.last_error: BaseException | None = None
         self._failing = False
@@ -397,7 +415,8 @@ class PoolCore(Generic[R]):
         self._waits: deque[float] = deque(maxlen=WINDOW)
         self._slow = 0
         """Hand-outs on the slow path (those whose wait is recorded)."""
-        self._holds: deque[float] = deque(maxlen=WINDOW)
+        self.holds: deque[float] = deque(maxlen=WINDOW)
+        """The most recent hold durations (every return appends one)."""
 
     # ------------------------------------------------------------------ counts
 
@@ -409,12 +428,12 @@ class PoolCore(Generic[R]):
     @property
     def idle_count(self) -> int:
         """Resources ready to hand out."""
-        return len(self._idle)
+        return len(self.idle)
 
     @property
     def held_count(self) -> int:
         """Resources handed out."""
-        return len(self._slots) - len(self._idle) - self._doomed_count
+        return len(self._slots) - len(self.idle) - self._doomed_count
 
     @property
     def waiting_count(self) -> int:
@@ -450,13 +469,13 @@ class PoolCore(Generic[R]):
         if self.state is CLOSING or self.state is CLOSED:
             return
         self.state = CLOSING if self.state is OPEN else CLOSED
-        self._steady = self._smooth = False
+        self.steady = self._smooth = False
         while (waiter := self._next_waiter()) is not None:
             self._wake(waiter, self._closed_error())
         self._early.clear()
         self._early_ids.clear()
-        while self._idle:
-            self._doom(self._idle.pop())
+        while self.idle:
+            self._doom(self.idle.pop())
         self._maybe_closed()
 
     def reclaim_held(self) -> list[Slot[R]]:
@@ -490,7 +509,7 @@ class PoolCore(Generic[R]):
         be closed or reused by the child). The child starts over with an empty pool.
         """
         self._gone_handouts += sum((slot.lease + 1) >> 1 for slot in self._slots.values())
-        self._idle.clear()
+        self.idle.clear()
         self._slots.clear()
         self._waiters.clear()
         self._early.clear()
@@ -510,7 +529,7 @@ class PoolCore(Generic[R]):
             and self.size <= self.config.max_size
             and self.config.max_uses is None  # uses are counted on the long way only
         )
-        self._steady = self._smooth and not self._waiting
+        self.steady = self._smooth and not self._waiting
         if not self._waiting:
             self._last_deadline = -INF
 
@@ -522,12 +541,13 @@ class PoolCore(Generic[R]):
 
         Never barges: nothing is idle while anyone waits.
         """
-        idle = self._idle
+        idle = self.idle
         try:
             slot = idle[-1]
         except IndexError:  # nothing idle (shells look at `idle` first, so rarely here)
             return None
         if now < slot.fresh_until:
+            # Off the top of the idle stack (the async shell writes these steps out).
             idle.pop()
             slot.lease += 1
             slot.acquired_at = now
@@ -546,10 +566,10 @@ class PoolCore(Generic[R]):
         """
         if self.state is not OPEN:
             return self._closed_error()
-        if self._waiting or (not self._idle and self.size >= self.config.max_size):
+        if self._waiting or (not self.idle and self.size >= self.config.max_size):
             self._waiters.append(waiter)
             self._waiting += 1
-            self._steady = False
+            self.steady = False
             deadline = waiter.deadline
             if deadline < self._last_deadline:
                 self._out_of_order(waiter)
@@ -567,14 +587,14 @@ class PoolCore(Generic[R]):
     def _serve(self, waiter: Waiter[R], now: float) -> Slot[R] | _Create | BaseException | None:
         """Serve ``waiter`` ahead of the queue: an idle slot, else room, else the head of
         the queue."""
-        idle = self._idle
+        idle = self.idle
         while idle:
             slot = idle.pop()
             if now >= slot.expires_at:
                 self._doom(slot)
                 continue
             if self._has_check and (
-                now - slot.idle_since >= self._check_after or slot.trusted_since < self._outage_at
+                now - slot.idle_since >= self.check_after or slot.trusted_since < self._outage_at
             ):
                 slot.must_check = True
             self._hand_out(slot, now, waiter)
@@ -583,7 +603,7 @@ class PoolCore(Generic[R]):
             # Back at the head of the line, out of deadline order.
             self._waiters.appendleft(waiter)
             self._waiting += 1
-            self._steady = False
+            self.steady = False
             self._out_of_order(waiter)
             return None
         grant = self._room(now)
@@ -838,7 +858,7 @@ class PoolCore(Generic[R]):
         """
         if slot.lease != lease or now >= slot.fast_until:
             return self._release_and_tell(slot, lease, now)
-        if not self._steady:
+        if not self.steady:
             if self._waiting and self._smooth:
                 # Straight to the longest waiter. This is what _next_waiter() and
                 # _hand_out() do, written out: it is the hot path of a contended pool.
@@ -849,7 +869,7 @@ class PoolCore(Generic[R]):
                 self._waiting -= 1
                 if not self._waiting:
                     self._restabilize()
-                self._holds.append(now - slot.acquired_at)
+                self.holds.append(now - slot.acquired_at)
                 slot.lease = lease + 2  # the end of one lease, the start of the next
                 slot.idle_since = slot.acquired_at = now
                 slot.owner = waiter.owner
@@ -860,13 +880,13 @@ class PoolCore(Generic[R]):
                 self._waits.append(now - waiter.since)
                 return waiter
             return self._release_and_tell(slot, lease, now)
+        # Back on top of the idle stack (the async shell writes these steps out).
         slot.lease = lease + 1
-        self._holds.append(now - slot.acquired_at)
+        self.holds.append(now - slot.acquired_at)
         slot.idle_since = now
-        if self._has_check:
-            due = now + self._check_after
-            slot.fresh_until = due if due < slot.expires_at else slot.expires_at
-        self._idle.append(slot)
+        due = now + self.check_after
+        slot.fresh_until = due if due < slot.expires_at else slot.expires_at
+        self.idle.append(slot)
         return None
 
     def _release_and_tell(self, slot: Slot[R], lease: int, now: float) -> bool | None:
@@ -908,7 +928,7 @@ class PoolCore(Generic[R]):
         slot.owner = None
         slot.uses_left -= 1
         if counted:
-            self._holds.append(now - slot.acquired_at)
+            self.holds.append(now - slot.acquired_at)
             if broken:
                 self.broken += 1
         if broken:
@@ -935,7 +955,7 @@ class PoolCore(Generic[R]):
             slot.fresh_until = slot.fast_until = -INF
             slot.must_check = True
         else:
-            due = now + self._check_after
+            due = now + self.check_after
             slot.fresh_until = due if due < expires_at else expires_at
             slot.fast_until = expires_at
             slot.must_check = False
@@ -944,7 +964,7 @@ class PoolCore(Generic[R]):
             self._hand_out(slot, now, waiter)
             self.woken.append(waiter)
         else:
-            self._idle.append(slot)
+            self.idle.append(slot)
 
     def _offer_room(self, now: float) -> None:
         """Room may have appeared: give waiters permits while there is room, or, when the
@@ -1004,8 +1024,8 @@ class PoolCore(Generic[R]):
         check_size(new_min, new_max)
         self.config.min_size = new_min
         self.config.max_size = new_max
-        while self.size > new_max and self._idle:
-            self._doom(self._idle.popleft())
+        while self.size > new_max and self.idle:
+            self._doom(self.idle.popleft())
         self._restabilize()
         while self._waiting and self.state is OPEN and self.size < new_max:
             woken = len(self.woken)
@@ -1023,11 +1043,11 @@ class PoolCore(Generic[R]):
         config = self.config
         next_due = INF
         max_idle = config.max_idle
-        if self._idle:
+        if self.idle:
             surplus = self.size - self._doomed_count - config.min_size
-            kept: deque[Slot[R]] = deque()
+            kept: list[Slot[R]] = []
             # Oldest idle first (left): those are the ones max_idle retires first.
-            for slot in self._idle:
+            for slot in self.idle:
                 idle_until = INF if max_idle is None else slot.idle_since + max_idle
                 if now >= slot.expires_at or (surplus > 0 and now >= idle_until):
                     self._doom(slot)
@@ -1039,7 +1059,9 @@ class PoolCore(Generic[R]):
                     # One that min_size keeps has no idle deadline: a past one would
                     # have the housekeeper spin.
                     next_due = min(next_due, idle_until)
-            self._idle = kept
+            # In place: shells hold on to the idle stack (see "Short ways").
+            self.idle.clear()
+            self.idle.extend(kept)
         leaked: list[Slot[R]] = []
         leak_timeout = config.leak_timeout
         if leak_timeout is not None:
@@ -1083,7 +1105,7 @@ class PoolCore(Generic[R]):
         return PoolStats(
             name=config.name,
             size=self.size,
-            idle=len(self._idle),
+            idle=len(self.idle),
             in_use=held,
             waiting=self._waiting,
             min_size=config.min_size,
@@ -1096,7 +1118,7 @@ class PoolCore(Generic[R]):
             check_failures=self.check_failures,
             broken=self.broken,
             wait=DurationSummary.of(self._waits, count=acquired, zeros=acquired - self._slow),
-            hold=DurationSummary.of(self._holds, count=acquired - held),
+            hold=DurationSummary.of(self.holds, count=acquired - held),
             last_create_error=None if self.last_error is None else repr(self.last_error),
         )
 
@@ -1107,7 +1129,7 @@ class PoolCore(Generic[R]):
             (
                 f"pool {config.name!r}: no resource free after {waited:.3f}s "
                 f"(size {self.size}/{config.max_size}, in use {self.held_count}, "
-                f"idle {len(self._idle)}, waiting {self._waiting}, creating {self._creating})"
+                f"idle {len(self.idle)}, waiting {self._waiting}, creating {self._creating})"
             )
         ]
         holders = self.holders(now)
