@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     floor_rate, our_rate, (floor_p50, floor_p99), (p50, p99) = run(
-        contended(max(3, args.repeats // 3), tasks=200, size=10, rounds=100)
+        contended(args.repeats, tasks=200, size=10, rounds=100)
     )
     ratio = our_rate / floor_rate
     results.append(

@@ -23,8 +23,9 @@ Uncontended: one caller, acquire + release with no query, on a tether PostgreSQL
 generic ``tether.AsyncPool`` / ``tether.Pool`` holding a plain object.
 
 Every contestant gets a warmed-up pool (connections made before the clock starts), and
-the repeats are interleaved so that the machine's noise hits everyone alike; each figure
-is the median over the repeats. The claims are ratios, printed with their targets.
+the repeats are interleaved (each starting with a different contestant) so that the
+machine's noise hits everyone alike; each figure is the median over the repeats. The
+claims are ratios, printed with their targets.
 
 Run: ``python benchmarks/bench_postgres.py [--dsn URL] [--repeats N] [--quick]``.
 """
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import statistics
 import sys
 import threading
@@ -41,7 +43,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import psycopg
@@ -51,6 +53,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import tether
 import tether.postgres
+
+T = TypeVar("T")
 
 DEFAULT_DSN = os.environ.get(
     "TETHER_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
@@ -331,6 +335,25 @@ THREAD_CONTESTANTS: dict[str, Callable[[str, Load], float]] = {
 }
 
 
+def _rotated(contestants: dict[str, T], repeat: int) -> list[tuple[str, T]]:
+    """The contestants, starting with a different one each repeat: whoever runs first
+    (or last) in a round does not always get the same machine."""
+    order = list(contestants.items())
+    shift = repeat % len(order)
+    return order[shift:] + order[:shift]
+
+
+def _client_cost(
+    before: resource.struct_rusage, after: resource.struct_rusage, queries: int
+) -> tuple[float, float]:
+    """This process's CPU time (user + system) in microseconds and its context switches,
+    each per query: with threads, what a pool costs is mostly the kernel's work of putting
+    waiters to sleep and waking them, which wall-clock time alone does not show."""
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    switches = (after.ru_nvcsw - before.ru_nvcsw) + (after.ru_nivcsw - before.ru_nivcsw)
+    return cpu / queries * 1e6, switches / queries
+
+
 # ---------------------------------------------------------------------------- uncontended
 
 
@@ -396,7 +419,7 @@ CYCLE_CLAIMS = [
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", default=DEFAULT_DSN, help="the PostgreSQL server to use")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats")
     parser.add_argument(
         "--quick", action="store_true", help="a tenth of the work (to check that it runs)"
     )
@@ -408,13 +431,17 @@ def main(argv: list[str] | None = None) -> int:
 
     qps: dict[str, list[float]] = {}
     per_cycle: dict[str, list[float]] = {}
+    costs: dict[str, list[tuple[float, float]]] = {}
     for repeat in range(args.repeats):
-        for name, run in ASYNC_CONTESTANTS.items():
+        for name, run in _rotated(ASYNC_CONTESTANTS, repeat):
             elapsed = asyncio.run(run(args.dsn, contended))  # type: ignore[arg-type]
             qps.setdefault(name, []).append(contended.queries / elapsed)
-        for name, run_threads in THREAD_CONTESTANTS.items():
+        for name, run_threads in _rotated(THREAD_CONTESTANTS, repeat):
+            before = resource.getrusage(resource.RUSAGE_SELF)
             elapsed = run_threads(args.dsn, threaded)
+            after = resource.getrusage(resource.RUSAGE_SELF)
             qps.setdefault(name, []).append(threaded.queries / elapsed)
+            costs.setdefault(name, []).append(_client_cost(before, after, threaded.queries))
         for name, nanoseconds in uncontended(args.dsn, cycles).items():
             per_cycle.setdefault(name, []).append(nanoseconds)
         print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
@@ -437,7 +464,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{threaded.cycles} cycles each"
     )
     for name in THREAD_CONTESTANTS:
-        print(f"  {name:<38} {median_qps[name]:>10,.0f} queries/s")
+        cpu = statistics.median(c[0] for c in costs[name])
+        switches = statistics.median(c[1] for c in costs[name])
+        print(
+            f"  {name:<38} {median_qps[name]:>10,.0f} queries/s"
+            f"   client CPU {cpu:5.0f} us/query, {switches:4.1f} context switches/query"
+        )
     print("\nuncontended acquire + release, one caller, no query")
     for name, nanoseconds in median_cycle.items():
         print(f"  {name:<38} {nanoseconds / 1000:>10.2f} us")

@@ -51,11 +51,6 @@ _task_of: Final[Callable[[asyncio.AbstractEventLoop | None], object]] = (
 )
 
 
-_RETURNED: Final = cast("Awaitable[object]", object())
-"""Returned by :meth:`AsyncPool._reset_now` when the resource is already back (a marker;
-never awaited)."""
-
-
 class _CreationTimedOut(Exception):
     """Internal: a caller's deadline passed while its creation was still running."""
 
@@ -431,32 +426,10 @@ class AsyncPool(PoolShell[R]):
 
     # ------------------------------------------------------------------ release
 
-    def _reset_now(self, slot: Slot[R], lease: int) -> Awaitable[object] | None:
-        """Run ``reset`` on a resource coming back from a block that succeeded.
-
-        Returns ``None`` when it is done (a clean database connection: no await, no round
-        trip, and the return keeps to the short way), the awaitable it returned when it
-        has work left, or :data:`_RETURNED` when it failed and the resource has been
-        returned as broken.
-        """
-        if slot.lease != lease:
-            return None  # not ours any more: the return is refused below, unreset
-        reset = self._reset
-        assert reset is not None
-        try:
-            pending = reset(slot.resource)
-        except Exception:  # noqa: BLE001 - a failed reset means a broken resource
-            self._core.release(slot, lease, _monotonic(), broken=True)
-            self._flush()
-            return _RETURNED
-        except BaseException:
-            self._core.release(slot, lease, _monotonic(), broken=True)
-            self._flush()
-            raise
-        if pending is not None and inspect.isawaitable(pending):
-            awaitable: Awaitable[object] = pending
-            return awaitable
-        return None
+    def _drop(self, slot: Slot[R], lease: int) -> None:
+        """Return a resource as broken: it is destroyed, and its room freed."""
+        self._core.release(slot, lease, _monotonic(), broken=True)
+        self._flush()
 
     async def _give_back(
         self,
@@ -483,8 +456,7 @@ class AsyncPool(PoolShell[R]):
                 broken = await self._judge(error)
             except asyncio.CancelledError:
                 # Cancelled again while an async is_broken ran: the verdict is unknown.
-                self._core.release(slot, lease, _monotonic(), broken=True)
-                self._flush()
+                self._drop(slot, lease)
                 raise
         reset = self._reset
         if reset is not None and not broken:
@@ -498,14 +470,12 @@ class AsyncPool(PoolShell[R]):
                         # The block failed or was cancelled: the reset must not be.
                         await run_shielded(_awaited(pending))
             except asyncio.CancelledError:
-                self._core.release(slot, lease, _monotonic(), broken=True)
-                self._flush()
+                self._drop(slot, lease)
                 raise
             except Exception:  # noqa: BLE001 - a failed reset means a broken resource
                 broken = True
         if broken:
-            self._core.release(slot, lease, _monotonic(), broken=True)
-            self._flush()
+            self._drop(slot, lease)
         else:
             self._carry_out(self._core.give_back(slot, lease, _monotonic()))
 
@@ -784,14 +754,22 @@ class _Acquire(Waiter[R]):
         # done future instead of making a coroutine.
         pool = self._pool
         if exc is None:
-            if pool._reset is not None:
-                pending = pool._reset_now(self._slot, self._lease)
-                if pending is not None:
-                    if pending is _RETURNED:
-                        return pool._done
-                    return pool._give_back(self._slot, self._lease, None, pending=pending)
             slot = self._slot
             lease = self._lease
+            reset = pool._reset
+            if reset is not None and slot.lease == lease:
+                # A sync reset with nothing to do (a clean database connection) returns
+                # None: no await, no round trip, and the return keeps to the short way.
+                try:
+                    pending = reset(slot.resource)
+                except Exception:  # noqa: BLE001 - a failed reset means a broken resource
+                    pool._drop(slot, lease)
+                    return pool._done
+                except BaseException:
+                    pool._drop(slot, lease)
+                    raise
+                if pending is not None and inspect.isawaitable(pending):
+                    return pool._give_back(slot, lease, None, pending=pending)
             core = pool._core
             now = _monotonic()
             if core.steady and slot.lease == lease and now < slot.fast_until:

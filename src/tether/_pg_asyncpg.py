@@ -101,12 +101,13 @@ def async_pool(
         if conn.is_closed():
             raise ConnectionStateUnknown("connection returned closed: it cannot be reused")
         try:
-            cancelling = conn._protocol._is_cancelling()
+            protocol = conn._protocol
+            cancelling = protocol._is_cancelling()
         except AttributeError:
             raise ConnectionStateUnknown(
                 "this asyncpg cannot tell whether a cancelled query is still running"
             ) from None
-        if cancelling or conn.is_in_transaction():
+        if cancelling or protocol.is_in_transaction():  # conn.is_in_transaction(), less a call
             return _settle(conn, server_timeout)
         return None
 
