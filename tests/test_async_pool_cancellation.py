@@ -281,3 +281,32 @@ async def test_a_cancelled_close_can_be_finished_by_closing_again() -> None:
         await pool.close()
     assert pool.stats().size == 0
     rig.things.assert_all_destroyed_once()
+
+
+@pytest.mark.parametrize("returned_by", ["async with", "put"])
+async def test_a_resource_handed_to_a_caller_cancelled_a_moment_before_goes_on(
+    returned_by: str,
+) -> None:
+    """A waiting task is cancelled, and before it runs again the resource it waits for
+    comes back: the pool hands it over all the same (it cannot know yet), the cancelled
+    task passes it on to the next in line when it runs, and nothing is lost."""
+    things = Things()
+    pool = tether.AsyncPool(things.create, destroy=things.destroy, max_size=1)
+    await pool.open()
+    manager = pool.acquire()
+    held = await manager.__aenter__()
+    loop = asyncio.get_running_loop()
+    victim = loop.create_task(pool.get(), name="victim")
+    heir = loop.create_task(pool.get(), name="heir")
+    await eventually(lambda: pool.stats().waiting == 2, "both callers to queue")
+    victim.cancel()  # its wait is over, but it has not run yet: the pool cannot tell
+    if returned_by == "async with":
+        await manager.__aexit__(None, None, None)
+    else:
+        await pool.put(held)
+    async with within():
+        inherited = await heir
+    assert victim.cancelled()
+    assert inherited is held
+    await pool.put(inherited)
+    await check_intact(pool, things)

@@ -51,6 +51,10 @@ _task_of: Final[Callable[[asyncio.AbstractEventLoop | None], object]] = (
 )
 
 
+def _not_open() -> asyncio.Future[None]:
+    raise AssertionError("the pool has no event loop: it was never opened")  # pragma: no cover
+
+
 class _CreationTimedOut(Exception):
     """Internal: a caller's deadline passed while its creation was still running."""
 
@@ -151,6 +155,7 @@ class AsyncPool(PoolShell[R]):
         self._housekeeper: asyncio.Task[None] | None = None
         self._poke: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
+        self._new_future: Callable[[], asyncio.Future[None]] = _not_open
         self._done = cast("asyncio.Future[None]", None)
         """A future that is already done (with ``None``): what a return that needs no
         waiting gives ``async with`` to await. Made on the pool's loop when it opens; no
@@ -189,6 +194,7 @@ class AsyncPool(PoolShell[R]):
         self._loop_thread = _thread_ident()
         self._poke = asyncio.Event()
         self._drained = asyncio.Event()
+        self._new_future = loop.create_future
         self._done = loop.create_future()
         self._done.set_result(None)
         self._housekeeper = loop.create_task(
@@ -485,7 +491,7 @@ class AsyncPool(PoolShell[R]):
             self._flush()
         elif handed_to is not None:
             future: asyncio.Future[None] = handed_to.handle  # type: ignore[union-attr,assignment]
-            if not future.done():
+            if not future.done():  # else cancelled meanwhile: its task passes it on
                 future.set_result(None)
 
     async def _judge(self, error: BaseException) -> bool:
@@ -723,7 +729,7 @@ class _Acquire(Waiter[R]):
         self.cancelled = False
         grant = core.acquire(now, self)
         if grant is None:
-            future = pool._loop.create_future()  # type: ignore[union-attr]
+            future = pool._new_future()
             self.handle = future
             if self.deadline < pool._timer_at:
                 pool._arm_timer(self.deadline)
@@ -786,8 +792,9 @@ class _Acquire(Waiter[R]):
                 if handed_to is True:
                     pool._flush()
                 else:
+                    # _carry_out(), written out: a call would cost as much as the rest.
                     future: asyncio.Future[None] = handed_to.handle  # type: ignore[union-attr,assignment]
-                    if not future.done():
+                    if not future.done():  # else cancelled: its task passes it on
                         future.set_result(None)
             return pool._done
         return pool._give_back(self._slot, self._lease, exc)
