@@ -25,7 +25,8 @@ generic ``tether.AsyncPool`` / ``tether.Pool`` holding a plain object.
 Every contestant gets a warmed-up pool (connections made before the clock starts), and
 the repeats are interleaved (each starting with a different contestant) so that the
 machine's noise hits everyone alike; each figure is the median over the repeats. The
-claims are ratios, printed with their targets.
+claims are ratios, taken repeat by repeat (so that drift between repeats cancels out) and
+printed as their median and range, with their targets.
 
 Run: ``python benchmarks/bench_postgres.py [--dsn URL] [--repeats N] [--quick]``.
 """
@@ -335,6 +336,14 @@ THREAD_CONTESTANTS: dict[str, Callable[[str, Load], float]] = {
 }
 
 
+def _paired(mine: list[float], theirs: list[float]) -> tuple[float, float, float]:
+    """The median, lowest and highest of the ratios of two contestants' figures, repeat
+    by repeat: each ratio compares runs made moments apart, so that the machine's drift
+    between repeats cancels out."""
+    ratios = [a / b for a, b in zip(mine, theirs, strict=True)]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
 def _rotated(contestants: dict[str, T], repeat: int) -> list[tuple[str, T]]:
     """The contestants, starting with a different one each repeat: whoever runs first
     (or last) in a round does not always get the same machine."""
@@ -434,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     costs: dict[str, list[tuple[float, float]]] = {}
     for repeat in range(args.repeats):
         for name, run in _rotated(ASYNC_CONTESTANTS, repeat):
-            elapsed = asyncio.run(run(args.dsn, contended))  # type: ignore[arg-type]
+            elapsed: float = asyncio.run(run(args.dsn, contended))  # type: ignore[arg-type]
             qps.setdefault(name, []).append(contended.queries / elapsed)
         for name, run_threads in _rotated(THREAD_CONTESTANTS, repeat):
             before = resource.getrusage(resource.RUSAGE_SELF)
@@ -477,15 +486,21 @@ def main(argv: list[str] | None = None) -> int:
     print("\nclaims")
     missed = 0
     for mine, theirs, target, _ in CLAIMS:
-        ratio = median_qps[mine] / median_qps[theirs]
+        ratio, low, high = _paired(qps[mine], qps[theirs])
         verdict = "ok" if ratio >= target else "MISSED"
         missed += verdict != "ok"
-        print(f"  {mine} / {theirs}: {ratio:.2f}x (target >= {target}) {verdict}")
+        print(
+            f"  {mine} / {theirs}: {ratio:.2f}x ({low:.2f}-{high:.2f}) "
+            f"(target >= {target}) {verdict}"
+        )
     for mine, generic, limit in CYCLE_CLAIMS:
-        ratio = median_cycle[mine] / median_cycle[generic]
+        ratio, low, high = _paired(per_cycle[mine], per_cycle[generic])
         verdict = "ok" if ratio <= limit else "MISSED"
         missed += verdict != "ok"
-        print(f"  {mine} / {generic}: {ratio:.2f}x the time (target <= {limit}) {verdict}")
+        print(
+            f"  {mine} / {generic}: {ratio:.2f}x the time ({low:.2f}-{high:.2f}) "
+            f"(target <= {limit}) {verdict}"
+        )
     return 1 if missed else 0
 
 
