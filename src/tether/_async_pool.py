@@ -5,8 +5,11 @@ what the core decided: it resolves the futures of the waiters the core woke, cre
 resources in tasks of their own (so that a caller who gives up never abandons a half-made
 resource), and destroys retired ones shielded from cancellation.
 
-The fast path (an idle resource that needs no check) touches no future, creates no task
-and never yields to the event loop.
+The fast path (an idle resource that needs no check) creates no task, no coroutine and
+no future, and never yields to the event loop: ``async with`` awaits a future made once
+per resource and already done, and the return awaits the pool's one done future. On that
+path the context manager carries out the core's two short ways itself (see "Short ways"
+in ``_pool_core``); everything else goes through the core's methods.
 """
 
 from __future__ import annotations
