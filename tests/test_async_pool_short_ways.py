@@ -98,6 +98,10 @@ class Reference:
             waiter: Waiter[object] = Waiter(None, None, None, 0, now)
             grant = core.acquire(now, waiter)
             self.settle(now)
+            if grant is None:
+                # Queued behind an expired resource the core retired: destroying it made
+                # room, and the waiter was granted a creation.
+                grant = waiter.grant
             if grant is CREATE:
                 grant = core.created(object(), now, waiter)
                 self.settle(now)

@@ -21,6 +21,7 @@ import pytest
 
 import tether
 from pool_flavours import Flavour, Gate, Thing, Things, eventually, within
+from tether import _async_pool, _pool
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -257,6 +258,23 @@ async def test_max_lifetime_retires_resources(flavour: Flavour, things: Things) 
     await eventually(lambda: held_one.destroyed == 1, "the held resource to expire")
     async with flavour.acquire(pool) as third:
         assert third not in (idle_one, held_one)
+
+
+async def test_a_full_pool_replaces_an_expired_resource_at_once(
+    flavour: Flavour, things: Things, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the only resource of a full pool outlived max_lifetime while idle, the next
+    caller gets a new one right away: the expired one is destroyed on the spot, not at
+    the housekeeper's next round (half an hour away here)."""
+    clock = [time.monotonic()]
+    for shell in (_async_pool, _pool):
+        monkeypatch.setattr(shell, "_monotonic", lambda: clock[0])
+    pool = await opened(flavour, things, min_size=1, max_size=1, max_lifetime=3600.0)
+    (old,) = things.made
+    clock[0] += 4000.0
+    async with within(), flavour.acquire(pool) as thing:
+        assert thing is not old
+    assert old.destroyed == 1
 
 
 async def test_max_lifetime_is_jittered(flavour: Flavour, things: Things) -> None:

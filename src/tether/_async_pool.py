@@ -736,6 +736,11 @@ class _Acquire(Waiter[R]):
             self.handle = future
             if self.deadline < pool._timer_at:
                 pool._arm_timer(self.deadline)
+            if core.woken or core.doomed:
+                # Queued behind an expired resource that the core just retired: destroying
+                # it frees the room this caller waits for (and may wake it at once, which
+                # is why its future exists first).
+                pool._flush()
             try:
                 await future
             except BaseException:
