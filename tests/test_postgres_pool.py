@@ -390,6 +390,29 @@ async def test_a_query_cancelled_outside_a_transaction_leaves_a_reusable_connect
     assert (stats.created, stats.broken) == (1, 0)
 
 
+async def test_an_asyncpg_transaction_cancelled_while_starting_leaves_nothing_behind(
+    postgres_dsn: str,
+) -> None:
+    """A task cancelled while asyncpg's ``transaction()`` sends its BEGIN leaves asyncpg
+    believing a transaction is open on that connection. Its return to the pool clears
+    that: the next borrower's ``transaction()`` begins a real transaction (rather than a
+    SAVEPOINT, which the server refuses outside one)."""
+    async with tether.postgres.async_pool(postgres_dsn, max_size=1) as pool:
+        for _ in range(5):  # the cancellation lands before or after BEGIN reaches the server
+            async with pool.acquire() as conn:
+                starting = asyncio.get_running_loop().create_task(conn.transaction().start())
+                await asyncio.sleep(0)  # BEGIN is on its way
+                starting.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await starting
+            async with pool.acquire() as conn, conn.transaction():
+                assert conn.is_in_transaction()
+                assert await conn.fetchval("SELECT 1") == 1
+            assert not conn.is_in_transaction()
+        stats = pool.stats()
+    assert (stats.created, stats.broken) == (1, 0)
+
+
 # ---------------------------------------------------------------------------- bad input
 
 BAD_TARGETS = {

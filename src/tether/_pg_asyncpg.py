@@ -7,8 +7,9 @@ pool, which sends ``RESET ALL`` on every release): a connection in a transaction
 whose last query was cancelled and may still be running on the server, is rolled back
 once the cancellation has been acknowledged; a closed one is destroyed; any other
 connection goes straight back. asyncpg has no public way to ask whether a cancellation
-is still in flight; the pool asks the connection's protocol, as asyncpg's own pool does,
-and destroys the connection if that ever stops being possible.
+is still in flight, nor whether a ``transaction()`` block whose ``BEGIN`` was interrupted
+is still recorded as open; the pool asks the connection's protocol and bookkeeping, as
+asyncpg's own pool does, and destroys the connection if that ever stops being possible.
 """
 
 from __future__ import annotations
@@ -103,11 +104,15 @@ def async_pool(
         try:
             protocol = conn._protocol
             cancelling = protocol._is_cancelling()
+            block = conn._top_xact
         except AttributeError:
             raise ConnectionStateUnknown(
-                "this asyncpg cannot tell whether a cancelled query is still running"
+                "this asyncpg cannot tell whether a cancelled query is still running, "
+                "or whether a transaction block is still open"
             ) from None
-        if cancelling or protocol.is_in_transaction():  # conn.is_in_transaction(), less a call
+        # conn.is_in_transaction(), less a call; `block`: a transaction() whose BEGIN was
+        # interrupted leaves asyncpg believing it is open, server or not.
+        if cancelling or block is not None or protocol.is_in_transaction():
             return _settle(conn, server_timeout)
         return None
 
@@ -131,9 +136,11 @@ def async_pool(
 
 
 async def _settle(conn: Any, timeout: float) -> None:
-    """Wait for a cancelled query to end, then roll back what is left open."""
+    """Wait for a cancelled query to end, then roll back what is left open, on the server
+    and in asyncpg's own bookkeeping (as asyncpg's ``Connection.reset()`` does)."""
     async with asyncio.timeout(timeout):
         if conn._protocol._is_cancelling():
             await conn._protocol._wait_for_cancellation()
+        conn._top_xact = None  # else the next transaction() would send SAVEPOINT
         if conn.is_in_transaction():
             await conn.execute("ROLLBACK")
