@@ -141,12 +141,17 @@ async def test_a_hundred_clients_leaving_at_random_leak_no_connection(server: st
         read = await asyncio.gather(*(one(depth) for depth in depths))
         assert read == depths  # every client left where it meant to, mid-stream
 
-        async with asyncio.timeout(GUARD):
-            while True:
-                now = await stats(client, server)
-                if len(now["outcomes"]) >= CLIENTS and now["in_use"] == 0:
-                    break
-                await asyncio.sleep(0.05)
+        now: dict[str, Any] = {}
+        try:
+            async with asyncio.timeout(GUARD):
+                while True:
+                    now = await stats(client, server)
+                    if len(now["outcomes"]) >= CLIENTS and now["in_use"] == 0:
+                        break
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            outcomes = now.pop("outcomes", [])
+            pytest.fail(f"the streams did not all end: {len(outcomes)} outcomes, {now}")
         await asyncio.sleep(0.2)  # nothing more arrives late
         final = await stats(client, server)
 
