@@ -54,10 +54,6 @@ _task_of: Final[Callable[[asyncio.AbstractEventLoop | None], object]] = (
 )
 
 
-def _not_open() -> asyncio.Future[None]:
-    raise AssertionError("the pool has no event loop: it was never opened")  # pragma: no cover
-
-
 class _CreationTimedOut(Exception):
     """Internal: a caller's deadline passed while its creation was still running."""
 
@@ -158,11 +154,13 @@ class AsyncPool(PoolShell[R]):
         self._housekeeper: asyncio.Task[None] | None = None
         self._poke: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
-        self._new_future: Callable[[], asyncio.Future[None]] = _not_open
+        # Both made on the pool's loop when it opens; neither is used before (no acquire
+        # gets past _bound_loop() on a pool that never opened).
+        self._new_future = cast("Callable[[], asyncio.Future[None]]", None)
+        """The loop's ``create_future``, bound once: a waiter's future."""
         self._done = cast("asyncio.Future[None]", None)
         """A future that is already done (with ``None``): what a return that needs no
-        waiting gives ``async with`` to await. Made on the pool's loop when it opens; no
-        block can end before one began on an open pool."""
+        waiting gives ``async with`` to await."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -736,11 +734,12 @@ class _Acquire(Waiter[R]):
             self.handle = future
             if self.deadline < pool._timer_at:
                 pool._arm_timer(self.deadline)
-            if core.woken or core.doomed:
-                # Queued behind an expired resource that the core just retired: destroying
-                # it frees the room this caller waits for (and may wake it at once, which
-                # is why its future exists first).
-                pool._flush()
+        if core.woken or core.doomed:
+            # Carried out before waiting: a queued caller may be waiting for the room
+            # that an expired resource the core just retired leaves (which may wake it at
+            # once, hence its future first).
+            pool._flush()
+        if grant is None:
             try:
                 await future
             except BaseException:
@@ -748,8 +747,6 @@ class _Acquire(Waiter[R]):
                 pool._flush()
                 raise
             grant = self.grant
-        elif core.woken or core.doomed:
-            pool._flush()
         if grant.__class__ is Slot and not grant.must_check:
             slot = grant  # the core decided it needs no check
         else:
