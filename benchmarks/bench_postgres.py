@@ -26,7 +26,10 @@ Every contestant gets a warmed-up pool (connections made before the clock starts
 the repeats are interleaved (each starting with a different contestant) so that the
 machine's noise hits everyone alike; each figure is the median over the repeats. The
 claims are ratios, taken repeat by repeat (so that drift between repeats cancels out) and
-printed as their median and range, with their targets.
+printed as their median and range, with their targets. Next to each contended figure
+stands the client's CPU time per query over the timed part (and, with threads, its
+context switches per query): the client shares the machine's cores with the server, so
+what a pool burns per query is the steadier measure of its cost when queries/s swing.
 
 Run: ``python benchmarks/bench_postgres.py [--dsn URL] [--repeats N] [--quick]``.
 """
@@ -44,7 +47,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import asyncpg
 import psycopg
@@ -60,6 +63,36 @@ T = TypeVar("T")
 DEFAULT_DSN = os.environ.get(
     "TETHER_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
 )
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one contestant's timed part cost."""
+
+    seconds: float
+    cpu: float
+    """This process's CPU time (user + system), in seconds: the client's cost."""
+    switches: int
+    """This process's context switches (voluntary and not)."""
+
+
+class Clock:
+    """Times a block: wall-clock seconds, and this process's CPU time and context switches
+    (``with Clock() as clock: ...``, then ``clock.run``)."""
+
+    run: Run
+
+    def __enter__(self) -> Self:
+        self._usage = resource.getrusage(resource.RUSAGE_SELF)
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        seconds = time.perf_counter() - self._started
+        before, after = self._usage, resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        switches = (after.ru_nvcsw - before.ru_nvcsw) + (after.ru_nivcsw - before.ru_nivcsw)
+        self.run = Run(seconds, cpu, switches)
 
 
 @dataclass(frozen=True)
@@ -101,8 +134,8 @@ class MinimalPool:
         self.idle.append(conn)
 
 
-async def crowd(load: Load, cycle: Callable[[], Awaitable[None]]) -> float:
-    """Seconds for ``load.tasks`` tasks to run ``cycle`` ``load.cycles`` times each."""
+async def crowd(load: Load, cycle: Callable[[], Awaitable[None]]) -> Run:
+    """What it costs ``load.tasks`` tasks to run ``cycle`` ``load.cycles`` times each."""
 
     async def task() -> None:
         for _ in range(load.cycles):
@@ -110,12 +143,12 @@ async def crowd(load: Load, cycle: Callable[[], Awaitable[None]]) -> float:
 
     for _ in range(3):  # warm-up: every connection used, code paths hot
         await asyncio.gather(*(cycle() for _ in range(load.size * 2)))
-    started = time.perf_counter()
-    await asyncio.gather(*(task() for _ in range(load.tasks)))
-    return time.perf_counter() - started
+    with Clock() as clock:
+        await asyncio.gather(*(task() for _ in range(load.tasks)))
+    return clock.run
 
 
-async def minimal_pool(dsn: str, load: Load) -> float:
+async def minimal_pool(dsn: str, load: Load) -> Run:
     connections = [await asyncpg.connect(dsn) for _ in range(load.size)]
     pool = MinimalPool(connections)
 
@@ -133,7 +166,7 @@ async def minimal_pool(dsn: str, load: Load) -> float:
             await conn.close()
 
 
-async def dedicated(dsn: str, load: Load) -> float:
+async def dedicated(dsn: str, load: Load) -> Run:
     connections = [await asyncpg.connect(dsn) for _ in range(load.size)]
     per_connection = load.queries // load.size
 
@@ -143,9 +176,9 @@ async def dedicated(dsn: str, load: Load) -> float:
 
     try:
         await asyncio.gather(*(own(conn, 50) for conn in connections))
-        started = time.perf_counter()
-        await asyncio.gather(*(own(conn, per_connection) for conn in connections))
-        return time.perf_counter() - started
+        with Clock() as clock:
+            await asyncio.gather(*(own(conn, per_connection) for conn in connections))
+        return clock.run
     finally:
         for conn in connections:
             await conn.close()
@@ -155,7 +188,7 @@ async def _no_reset(conn: Any) -> None:
     return None
 
 
-async def asyncpg_pool(dsn: str, load: Load) -> float:
+async def asyncpg_pool(dsn: str, load: Load) -> Run:
     async with asyncpg.create_pool(
         dsn, min_size=load.size, max_size=load.size, reset=_no_reset
     ) as pool:
@@ -167,7 +200,7 @@ async def asyncpg_pool(dsn: str, load: Load) -> float:
         return await crowd(load, cycle)
 
 
-async def tether_asyncpg(dsn: str, load: Load) -> float:
+async def tether_asyncpg(dsn: str, load: Load) -> Run:
     async with tether.postgres.async_pool(dsn, min_size=load.size, max_size=load.size) as pool:
 
         async def cycle() -> None:
@@ -177,7 +210,7 @@ async def tether_asyncpg(dsn: str, load: Load) -> float:
         return await crowd(load, cycle)
 
 
-async def psycopg_pool_async(dsn: str, load: Load) -> float:
+async def psycopg_pool_async(dsn: str, load: Load) -> Run:
     pool = psycopg_pool.AsyncConnectionPool(
         dsn, min_size=load.size, max_size=load.size, kwargs={"autocommit": True}, open=False
     )
@@ -193,7 +226,7 @@ async def psycopg_pool_async(dsn: str, load: Load) -> float:
         await pool.close()
 
 
-async def tether_psycopg_async(dsn: str, load: Load) -> float:
+async def tether_psycopg_async(dsn: str, load: Load) -> Run:
     pool = tether.postgres.async_pool(dsn, driver="psycopg", min_size=load.size, max_size=load.size)
     async with pool:
 
@@ -208,7 +241,7 @@ def _sqlalchemy_url(dsn: str, driver: str) -> str:
     return "postgresql+" + driver + "://" + dsn.split("://", 1)[1]
 
 
-async def sqlalchemy_async(dsn: str, load: Load) -> float:
+async def sqlalchemy_async(dsn: str, load: Load) -> Run:
     engine = create_async_engine(
         _sqlalchemy_url(dsn, "asyncpg"),
         pool_size=load.size,
@@ -227,7 +260,7 @@ async def sqlalchemy_async(dsn: str, load: Load) -> float:
         await engine.dispose()
 
 
-ASYNC_CONTESTANTS: dict[str, Callable[[str, Load], Awaitable[float]]] = {
+ASYNC_CONTESTANTS: dict[str, Callable[[str, Load], Awaitable[Run]]] = {
     "minimal pool (asyncpg)": minimal_pool,
     "10 dedicated connections (asyncpg)": dedicated,
     "asyncpg Pool, reset off": asyncpg_pool,
@@ -241,7 +274,7 @@ ASYNC_CONTESTANTS: dict[str, Callable[[str, Load], Awaitable[float]]] = {
 # ---------------------------------------------------------------------------- threads
 
 
-def threads(load: Load, cycle: Callable[[], None]) -> float:
+def threads(load: Load, cycle: Callable[[], None]) -> Run:
     """Seconds for ``load.tasks`` threads to run ``cycle`` ``load.cycles`` times each."""
     for _ in range(load.size * 20):
         cycle()
@@ -255,14 +288,14 @@ def threads(load: Load, cycle: Callable[[], None]) -> float:
     workers = [threading.Thread(target=worker) for _ in range(load.tasks)]
     for thread in workers:
         thread.start()
-    start.wait()
-    started = time.perf_counter()
-    for thread in workers:
-        thread.join()
-    return time.perf_counter() - started
+    with Clock() as clock:
+        start.wait()
+        for thread in workers:
+            thread.join()
+    return clock.run
 
 
-def psycopg_pool_threads(dsn: str, load: Load) -> float:
+def psycopg_pool_threads(dsn: str, load: Load) -> Run:
     with psycopg_pool.ConnectionPool(
         dsn, min_size=load.size, max_size=load.size, kwargs={"autocommit": True}, timeout=60
     ) as pool:
@@ -275,7 +308,7 @@ def psycopg_pool_threads(dsn: str, load: Load) -> float:
         return threads(load, cycle)
 
 
-def sqlalchemy_threads(dsn: str, load: Load) -> float:
+def sqlalchemy_threads(dsn: str, load: Load) -> Run:
     engine = sqlalchemy.create_engine(
         _sqlalchemy_url(dsn, "psycopg"),
         pool_size=load.size,
@@ -294,7 +327,7 @@ def sqlalchemy_threads(dsn: str, load: Load) -> float:
         engine.dispose()
 
 
-def tether_threads(dsn: str, load: Load) -> float:
+def tether_threads(dsn: str, load: Load) -> Run:
     with tether.postgres.pool(dsn, min_size=load.size, max_size=load.size) as pool:
 
         def cycle() -> None:
@@ -304,7 +337,7 @@ def tether_threads(dsn: str, load: Load) -> float:
         return threads(load, cycle)
 
 
-def dedicated_threads(dsn: str, load: Load) -> float:
+def dedicated_threads(dsn: str, load: Load) -> Run:
     connections = [psycopg.connect(dsn, autocommit=True) for _ in range(load.size)]
     per_connection = load.queries // load.size
     try:
@@ -318,17 +351,17 @@ def dedicated_threads(dsn: str, load: Load) -> float:
         workers = [threading.Thread(target=own, args=(conn,)) for conn in connections]
         for thread in workers:
             thread.start()
-        start.wait()
-        started = time.perf_counter()
-        for thread in workers:
-            thread.join()
-        return time.perf_counter() - started
+        with Clock() as clock:
+            start.wait()
+            for thread in workers:
+                thread.join()
+        return clock.run
     finally:
         for conn in connections:
             conn.close()
 
 
-THREAD_CONTESTANTS: dict[str, Callable[[str, Load], float]] = {
+THREAD_CONTESTANTS: dict[str, Callable[[str, Load], Run]] = {
     "4 dedicated connections (psycopg)": dedicated_threads,
     "psycopg_pool ConnectionPool": psycopg_pool_threads,
     "SQLAlchemy QueuePool (psycopg)": sqlalchemy_threads,
@@ -352,15 +385,15 @@ def _rotated(contestants: dict[str, T], repeat: int) -> list[tuple[str, T]]:
     return order[shift:] + order[:shift]
 
 
-def _client_cost(
-    before: resource.struct_rusage, after: resource.struct_rusage, queries: int
-) -> tuple[float, float]:
-    """This process's CPU time (user + system) in microseconds and its context switches,
-    each per query: with threads, what a pool costs is mostly the kernel's work of putting
-    waiters to sleep and waking them, which wall-clock time alone does not show."""
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    switches = (after.ru_nvcsw - before.ru_nvcsw) + (after.ru_nivcsw - before.ru_nivcsw)
-    return cpu / queries * 1e6, switches / queries
+def _client_cost(run: Run, queries: int) -> tuple[float, float]:
+    """This process's CPU time in microseconds and its context switches, each per query.
+
+    The machine's cores are shared with the server, so a client that burns more CPU per
+    query leaves less for the server; and with threads, what a pool costs is mostly the
+    kernel's work of putting waiters to sleep and waking them, which wall-clock time alone
+    does not show.
+    """
+    return run.cpu / queries * 1e6, run.switches / queries
 
 
 # ---------------------------------------------------------------------------- uncontended
@@ -442,15 +475,14 @@ def main(argv: list[str] | None = None) -> int:
     per_cycle: dict[str, list[float]] = {}
     costs: dict[str, list[tuple[float, float]]] = {}
     for repeat in range(args.repeats):
-        for name, run in _rotated(ASYNC_CONTESTANTS, repeat):
-            elapsed: float = asyncio.run(run(args.dsn, contended))  # type: ignore[arg-type]
-            qps.setdefault(name, []).append(contended.queries / elapsed)
-        for name, run_threads in _rotated(THREAD_CONTESTANTS, repeat):
-            before = resource.getrusage(resource.RUSAGE_SELF)
-            elapsed = run_threads(args.dsn, threaded)
-            after = resource.getrusage(resource.RUSAGE_SELF)
-            qps.setdefault(name, []).append(threaded.queries / elapsed)
-            costs.setdefault(name, []).append(_client_cost(before, after, threaded.queries))
+        for name, contest in _rotated(ASYNC_CONTESTANTS, repeat):
+            run: Run = asyncio.run(contest(args.dsn, contended))  # type: ignore[arg-type]
+            qps.setdefault(name, []).append(contended.queries / run.seconds)
+            costs.setdefault(name, []).append(_client_cost(run, contended.queries))
+        for name, contest_threads in _rotated(THREAD_CONTESTANTS, repeat):
+            run = contest_threads(args.dsn, threaded)
+            qps.setdefault(name, []).append(threaded.queries / run.seconds)
+            costs.setdefault(name, []).append(_client_cost(run, threaded.queries))
         for name, nanoseconds in uncontended(args.dsn, cycles).items():
             per_cycle.setdefault(name, []).append(nanoseconds)
         print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
@@ -467,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{contended.cycles} x (acquire -> SELECT 1 -> release) each"
     )
     for name in ASYNC_CONTESTANTS:
-        print(f"  {name:<38} {median_qps[name]:>10,.0f} queries/s")
+        cpu = statistics.median(c[0] for c in costs[name])
+        print(f"  {name:<38} {median_qps[name]:>10,.0f} queries/s   client CPU {cpu:5.1f} us/query")
     print(
         f"\ncontended, threads: {threaded.tasks} threads, pool of {threaded.size}, "
         f"{threaded.cycles} cycles each"
@@ -477,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         switches = statistics.median(c[1] for c in costs[name])
         print(
             f"  {name:<38} {median_qps[name]:>10,.0f} queries/s"
-            f"   client CPU {cpu:5.0f} us/query, {switches:4.1f} context switches/query"
+            f"   client CPU {cpu:5.1f} us/query, {switches:4.1f} context switches/query"
         )
     print("\nuncontended acquire + release, one caller, no query")
     for name, nanoseconds in median_cycle.items():
