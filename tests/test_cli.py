@@ -154,6 +154,49 @@ def test_bench_runs_the_chosen_ones_and_reports_failures(
     assert "failed: broken" in capfd.readouterr().err
 
 
+def test_bench_gives_the_options_after_dashes_to_the_benchmark(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``tether bench NAME -- OPTIONS`` runs that benchmark with its own options; options
+    with several (or no) names are refused, since each benchmark has its own."""
+    (tmp_path / "bench_echo.py").write_text(
+        "import sys\nprint('got', sys.argv[1:])\n", encoding="utf-8"
+    )
+    (tmp_path / "bench_other.py").write_text("print('other ran')\n", encoding="utf-8")
+    runs: list[list[str]] = []
+    real_run = subprocess.run
+
+    def recording_run(command: list[str], **kwargs: object) -> object:
+        runs.append(command[2:])
+        return real_run(command, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr("tether._cli.subprocess.run", recording_run)
+    assert run_bench(["echo"], list_only=False, options=["--repeats", "9"], directory=tmp_path) == 0
+    assert runs == [["--repeats", "9"]]
+
+    for names in (["echo", "other"], []):
+        assert run_bench(names, list_only=False, options=["--quick"], directory=tmp_path) == 2
+    assert "are for one benchmark; name it" in capsys.readouterr().err
+    assert len(runs) == 1  # nothing ran
+
+
+def test_bench_command_line_splits_at_the_dashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the command line, what follows ``--`` is the benchmark's, not tether's."""
+    calls: list[tuple[list[str], list[str]]] = []
+
+    def fake_run_bench(names: list[str], *, list_only: bool, options: list[str]) -> int:
+        calls.append((list(names), list(options)))
+        return 0
+
+    monkeypatch.setattr("tether._cli.run_bench", fake_run_bench)
+    assert main(["bench", "postgres", "--", "--repeats", "9", "--dsn", "postgresql://x/y"]) == 0
+    assert main(["bench", "pool"]) == 0
+    assert calls == [
+        (["postgres"], ["--repeats", "9", "--dsn", "postgresql://x/y"]),
+        (["pool"], []),
+    ]
+
+
 def test_bench_says_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An unknown name, or an install without the benchmarks, is a clear error (status 2)."""
     assert main(["bench", "nope"]) == 2

@@ -1,7 +1,8 @@
 """The ``tether`` command (also ``python -m tether``).
 
 ``tether demo`` runs a guided tour on an embedded SQLite database; ``tether bench`` runs
-the benchmarks of a source checkout (the "Benchmarks" section of the README);
+the benchmarks of a source checkout (the "Benchmarks" section of the README), and
+``tether bench NAME -- OPTIONS`` gives that benchmark its own options;
 ``tether --version`` and ``tether --help`` do what they say.
 """
 
@@ -40,9 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench",
         help="run the benchmarks of a source checkout",
+        usage="tether bench [-h] [--list] [NAME ...] [-- OPTION ...]",
         description=(
             "Run tether's benchmarks (benchmarks/bench_*.py in a source checkout), each "
-            "measuring tether side by side with its baseline in one run."
+            "measuring tether side by side with its baseline in one run. Options after "
+            "`--` go to the one benchmark named, e.g. "
+            "`tether bench postgres -- --repeats 9 --dsn URL`."
         ),
     )
     bench.add_argument(
@@ -56,11 +60,25 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 """Where the benchmarks live in a source checkout (they are not installed)."""
 
 
-def run_bench(names: Sequence[str], *, list_only: bool, directory: Path = BENCHMARKS) -> int:
+def run_bench(
+    names: Sequence[str],
+    *,
+    list_only: bool,
+    options: Sequence[str] = (),
+    directory: Path = BENCHMARKS,
+) -> int:
     """Run the benchmarks called ``names`` (all when empty), one after the other.
 
+    Args:
+        names: which benchmarks (``pool`` for ``bench_pool.py``); none: all of them.
+        list_only: only list them.
+        options: command-line options for the benchmark; each script has its own, so
+            they need exactly one name.
+        directory: where the ``bench_*.py`` scripts are.
+
     Returns:
-        0 when every one ran, 1 when one failed, 2 when there is nothing to run.
+        0 when every one ran, 1 when one failed, 2 when there is nothing to run or the
+        request makes no sense.
     """
     scripts = sorted(directory.glob("bench_*.py")) if directory.is_dir() else []
     if not scripts:
@@ -83,10 +101,18 @@ def run_bench(names: Sequence[str], *, list_only: bool, directory: Path = BENCHM
             file=sys.stderr,
         )
         return 2
+    if options and len(names) != 1:
+        print(
+            f"tether bench: options after -- ({' '.join(options)}) are for one benchmark; "
+            "name it, e.g. `tether bench postgres -- --repeats 9`",
+            file=sys.stderr,
+        )
+        return 2
     failed = []
     for name in names or list(available):
         print(f"== {name} ==", flush=True)
-        result = subprocess.run([sys.executable, str(available[name])], check=False)  # noqa: S603
+        command = [sys.executable, str(available[name]), *options]
+        result = subprocess.run(command, check=False)  # noqa: S603
         if result.returncode:
             failed.append(name)
     if failed:
@@ -101,9 +127,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options: list[str] = []
+    if "bench" in argv and "--" in argv[argv.index("bench") :]:
+        # What follows `--` is the benchmark's own options, not the command's.
+        split = argv.index("--", argv.index("bench"))
+        argv, options = argv[:split], argv[split + 1 :]
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         return run_demo(sys.stdout, args.dsn)
     if args.command == "bench":
-        return run_bench(args.names, list_only=args.list)
+        return run_bench(args.names, list_only=args.list, options=options)
     raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover
