@@ -252,7 +252,31 @@ def test_stats_and_holders_are_safe_while_other_threads_use_the_pool() -> None:
     finally:
         sys.setswitchinterval(switch_interval)
     assert errors == []
-    assert pool.stats().created > 100
+    assert pool.stats().created > 100, pool.stats()
+
+
+def test_stats_sorts_the_recent_durations_without_holding_the_pool_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """stats() reads the counters under the pool's lock but summarises the durations
+    (sorting up to 2,048 of each kind) after letting go of it: callers polling stats()
+    must not hold up the threads that acquire and return."""
+    pool = tether.Pool(lambda: Thing(0), max_size=2)
+    summarised_under_lock: list[bool] = []
+    real_of = tether.DurationSummary.of
+
+    def watching_of(*args: object, **kwargs: object) -> tether.DurationSummary:
+        summarised_under_lock.append(pool._lock.locked())
+        return real_of(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tether.DurationSummary, "of", watching_of)
+    with pool:
+        for _ in range(3):
+            with pool.acquire():
+                pass
+        stats = pool.stats()
+    assert summarised_under_lock == [False, False]  # the waits, then the holds
+    assert stats.acquired == stats.hold.count == stats.wait.count == 3
 
 
 def test_close_does_not_wait_for_the_housekeepers_next_round() -> None:

@@ -199,7 +199,8 @@ class Pool(PoolShell[R]):
     def stats(self) -> PoolStats:
         """A frozen snapshot of the pool's state and counters."""
         with self._lock:  # taken while other threads change the resources it counts
-            return self._core.stats()
+            summarise = self._core.stats_reading()
+        return summarise()  # sorting the recent durations holds up nobody
 
     def holders(self) -> list[Holder[R]]:
         """Who holds the pool's resources right now, longest-held first.

@@ -68,6 +68,7 @@ handed out again (a pool without ``check`` cannot tell, and leaves them be).
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from collections import deque
@@ -95,6 +96,8 @@ R = TypeVar("R")
 INF: Final = math.inf
 WINDOW: Final = 2048
 """How many recent waits and holds the percentiles in :class:`PoolStats` are taken from."""
+_NOT_SUMMARISED: Final = DurationSummary(count=0, mean=0.0, p50=0.0, p99=0.0, max=0.0)
+"""Stands in for the durations of a :class:`PoolStats` until they are summarised."""
 HOLDERS_SHOWN: Final = 5
 """How many holders a :class:`PoolTimeout` message lists."""
 
@@ -1099,10 +1102,19 @@ class PoolCore(Generic[R]):
 
     def stats(self) -> PoolStats:
         """A frozen snapshot of the pool's state and counters."""
+        return self.stats_reading()()
+
+    def stats_reading(self) -> Callable[[], PoolStats]:
+        """:meth:`stats` in two steps: the counters and a copy of the recent durations are
+        read now, and the returned function summarises them (sorting the durations, the
+        costly part) when called. A shell reads under its lock and summarises after
+        letting go of it, so that callers of ``stats()`` do not hold up the pool."""
         config = self.config
         acquired = self.acquired
         held = self.held_count
-        return PoolStats(
+        zeros = acquired - self._slow
+        waits, holds = list(self._waits), list(self.holds)
+        counted = PoolStats(
             name=config.name,
             size=self.size,
             idle=len(self.idle),
@@ -1117,10 +1129,19 @@ class PoolCore(Generic[R]):
             create_errors=self.create_errors,
             check_failures=self.check_failures,
             broken=self.broken,
-            wait=DurationSummary.of(self._waits, count=acquired, zeros=acquired - self._slow),
-            hold=DurationSummary.of(self.holds, count=acquired - held),
+            wait=_NOT_SUMMARISED,
+            hold=_NOT_SUMMARISED,
             last_create_error=None if self.last_error is None else repr(self.last_error),
         )
+
+        def summarise() -> PoolStats:
+            return dataclasses.replace(
+                counted,
+                wait=DurationSummary.of(waits, count=acquired, zeros=zeros),
+                hold=DurationSummary.of(holds, count=acquired - held),
+            )
+
+        return summarise
 
     def timeout_error(self, waited: float, now: float) -> PoolTimeout:
         """The :class:`~tether.PoolTimeout` for a caller that waited ``waited`` seconds."""
