@@ -14,11 +14,13 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
 import tether
 from pool_flavours import GUARD, Thing
+from tether import _pool_core
 
 THREADS = 32
 MAX_SIZE = 6
@@ -277,6 +279,27 @@ def test_stats_sorts_the_recent_durations_without_holding_the_pool_lock(
         stats = pool.stats()
     assert summarised_under_lock == [False, False]  # the waits, then the holds
     assert stats.acquired == stats.hold.count == stats.wait.count == 3
+
+
+def test_holders_describes_them_without_holding_the_pool_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """holders() reads who holds what under the pool's lock, but finds each line number
+    and names each thread after letting go of it."""
+    pool = tether.Pool(lambda: Thing(0), max_size=2)
+    described_under_lock: list[bool] = []
+    real_code_site = _pool_core.code_site
+
+    def watching_code_site(*args: Any) -> Any:
+        described_under_lock.append(pool._lock.locked())
+        return real_code_site(*args)
+
+    monkeypatch.setattr(_pool_core, "code_site", watching_code_site)
+    with pool, pool.acquire() as first, pool.acquire() as second:
+        holders = pool.holders()
+    assert described_under_lock == [False, False]
+    assert [holder.resource for holder in holders] == [first, second]  # longest-held first
+    assert all("test_pool_threads.py:" in holder.site for holder in holders)
 
 
 def test_close_does_not_wait_for_the_housekeepers_next_round() -> None:

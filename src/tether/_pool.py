@@ -209,7 +209,8 @@ class Pool(PoolShell[R]):
         was acquired (``file:line`` in your code) and by which thread.
         """
         with self._lock:
-            return self._core.holders(_monotonic())
+            describe = self._core.holders_reading(_monotonic())
+        return describe()  # finding line numbers and names holds up nobody
 
     # ------------------------------------------------------------------ acquire
 

@@ -1087,18 +1087,33 @@ class PoolCore(Generic[R]):
 
     def holders(self, now: float) -> list[Holder[R]]:
         """Who holds what, longest-held first."""
+        return self.holders_reading(now)()
+
+    def holders_reading(self, now: float) -> Callable[[], list[Holder[R]]]:
+        """:meth:`holders` in two steps, like :meth:`stats_reading`: who holds what is
+        read now, and the returned function describes them (finding each line number,
+        naming each owner) when called, after the shell lets go of its lock."""
         leak_timeout = self.config.leak_timeout
-        held = sorted((s for s in self._slots.values() if s.held), key=lambda s: s.acquired_at)
-        return [
-            Holder(
-                resource=slot.resource,
-                held_for=now - slot.acquired_at,
-                site=str(code_site(slot.site_code, slot.site_offset)),
-                owner=owner_name(slot.owner),
-                leaked=leak_timeout is not None and now - slot.acquired_at >= leak_timeout,
-            )
-            for slot in held
+        held = [
+            (slot.resource, slot.acquired_at, slot.site_code, slot.site_offset, slot.owner)
+            for slot in self._slots.values()
+            if slot.held
         ]
+
+        def describe() -> list[Holder[R]]:
+            held.sort(key=lambda entry: entry[1])
+            return [
+                Holder(
+                    resource=resource,
+                    held_for=now - acquired_at,
+                    site=str(code_site(site_code, site_offset)),
+                    owner=owner_name(owner),
+                    leaked=leak_timeout is not None and now - acquired_at >= leak_timeout,
+                )
+                for resource, acquired_at, site_code, site_offset, owner in held
+            ]
+
+        return describe
 
     def stats(self) -> PoolStats:
         """A frozen snapshot of the pool's state and counters."""
