@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -30,7 +31,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from tether import PoolClosed, PoolTimeout, PoolUnavailable
+from tether import PoolClosed, PoolTimeout, PoolUnavailable, _pool_core
 from tether._pool_core import CREATE, PoolConfig, PoolCore, PoolState, Slot, Waiter
 
 
@@ -466,3 +467,54 @@ def test_idle_resources_kept_for_min_size_are_not_due_for_maintenance() -> None:
     leaked, next_due = core.maintain(3.0)
     assert (leaked, core.idle_count) == ([], 1)
     assert next_due > 3.0
+
+
+def test_waiters_timed_out_together_share_one_description_of_the_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When many waiters' deadlines pass at once (an overloaded pool), expire() reads who
+    holds what and the statistics once for all of them, not once per waiter: each
+    summary sorts up to 2,048 durations, and the shell waits for expire() to finish."""
+    core: PoolCore[object] = PoolCore(
+        PoolConfig(
+            name="crowded",
+            min_size=0,
+            max_size=1,
+            max_lifetime=None,
+            max_idle=None,
+            max_uses=None,
+            check_after=1.0,
+            leak_timeout=None,
+            has_check=False,
+            retry_delay=(0.1, 1.0),
+        ),
+        jitter=lambda: 0.0,
+    )
+    core.open()
+    first = Waiter[object](None, "holder", None, 0, 0.0)
+    assert core.acquire(0.0, first) is CREATE
+    held = core.created(object(), 0.0, first)
+    core.woken.clear()
+    waiters = [Waiter[object](None, n, None, 0, 1.0, deadline=2.0) for n in range(50)]
+    for waiter in waiters:
+        assert core.acquire(1.0, waiter) is None
+    summaries = 0
+    real_of = _pool_core.DurationSummary.of
+
+    def counting_of(*args: Any, **kwargs: Any) -> Any:
+        nonlocal summaries
+        summaries += 1
+        return real_of(*args, **kwargs)
+
+    monkeypatch.setattr(_pool_core.DurationSummary, "of", counting_of)
+    assert core.expire(3.0) == math.inf
+    assert summaries == 2  # the waits and the holds, once
+    errors = [waiter.grant for waiter in waiters]
+    assert all(isinstance(error, PoolTimeout) for error in errors)
+    assert core.woken == waiters
+    for error in errors:
+        assert isinstance(error, PoolTimeout)
+        assert str(error).startswith("pool 'crowded': no resource free after 2.000s")
+        assert [h.resource for h in error.holders] == [held.resource]
+        assert error.stats.timeouts == 50
+        assert error.stats.waiting == 0

@@ -302,6 +302,30 @@ def test_holders_describes_them_without_holding_the_pool_lock(
     assert all("test_pool_threads.py:" in holder.site for holder in holders)
 
 
+def test_a_timeout_describes_the_pool_without_holding_its_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A PoolTimeout names the holders and carries the statistics; the thread that timed
+    out builds them after letting go of the pool's lock, so that an overloaded pool's
+    timeouts do not hold up the threads still being served."""
+    pool = tether.Pool(lambda: Thing(0), max_size=1)
+    under_lock: list[bool] = []
+    real_of = tether.DurationSummary.of
+
+    def watching_of(*args: Any, **kwargs: Any) -> Any:
+        under_lock.append(pool._lock.locked())
+        return real_of(*args, **kwargs)
+
+    monkeypatch.setattr(tether.DurationSummary, "of", watching_of)
+    with pool, pool.acquire() as held:
+        with pytest.raises(tether.PoolTimeout) as caught:
+            with pool.acquire(timeout=0.01):
+                pass  # pragma: no cover - never reached
+    assert under_lock == [False, False]
+    assert [holder.resource for holder in caught.value.holders] == [held]
+    assert caught.value.stats.timeouts == 1
+
+
 def test_close_does_not_wait_for_the_housekeepers_next_round() -> None:
     """close() returns as soon as the housekeeper finishes what it is doing (here, a
     slow creation), rather than after its next scheduled round."""

@@ -344,7 +344,8 @@ class Pool(PoolShell[R]):
                 return waiter.grant
             now = _monotonic()
             self._core.cancel_wait(waiter, now, timed_out=True)
-            error = self._core.timeout_error(now - waiter.since, now)
+            make_error = self._core.timeout_error_reading(now)
+        error = make_error(now - waiter.since)  # describing the pool holds up nobody
         self._flush()
         raise error
 

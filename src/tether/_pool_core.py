@@ -693,30 +693,34 @@ class PoolCore(Generic[R]):
         """
         upcoming = INF
         early_ids = self._early_ids
+        timed_out: dict[int, Waiter[R]] = {}
         for waiter in self._waiters:  # in line, so in deadline order but for the early
             if waiter.grant is None and not waiter.cancelled and id(waiter) not in early_ids:
                 if waiter.deadline > now:
                     upcoming = waiter.deadline
                     break
-                self._time_out(waiter, now)
+                timed_out[id(waiter)] = waiter
         early = self._early
         while early:
             deadline, key, waiter = early[0]
-            if waiter.grant is None and not waiter.cancelled:
+            if waiter.grant is None and not waiter.cancelled and key not in timed_out:
                 if deadline > now:
                     upcoming = min(upcoming, deadline)
                     break
-                self._time_out(waiter, now)
+                timed_out[key] = waiter
             heapq.heappop(early)
             early_ids.discard(key)
+        if timed_out:
+            self._waiting -= len(timed_out)
+            if not self._waiting:
+                self._restabilize()
+            self.timeouts += len(timed_out)
+            # Who holds what and the statistics are read once for everyone timed out in
+            # this round, not once per waiter (hundreds may go together).
+            make_error = self.timeout_error_reading(now)
+            for waiter in timed_out.values():
+                self._wake(waiter, make_error(now - waiter.since))
         return upcoming
-
-    def _time_out(self, waiter: Waiter[R], now: float) -> None:
-        self._waiting -= 1
-        if not self._waiting:
-            self._restabilize()
-        self.timeouts += 1
-        self._wake(waiter, self.timeout_error(now - waiter.since, now))
 
     def _hand_out(self, slot: Slot[R], now: float, waiter: Waiter[R]) -> None:
         slot.lease += 1
@@ -1160,23 +1164,41 @@ class PoolCore(Generic[R]):
 
     def timeout_error(self, waited: float, now: float) -> PoolTimeout:
         """The :class:`~tether.PoolTimeout` for a caller that waited ``waited`` seconds."""
+        return self.timeout_error_reading(now)(waited)
+
+    def timeout_error_reading(self, now: float) -> Callable[[float], PoolTimeout]:
+        """:meth:`timeout_error` in two steps, like :meth:`stats_reading`: the pool is read
+        now; the returned function, given how long a caller waited, builds its error (and
+        can be called for several callers timed out together)."""
         config = self.config
-        lines = [
-            (
-                f"pool {config.name!r}: no resource free after {waited:.3f}s "
-                f"(size {self.size}/{config.max_size}, in use {self.held_count}, "
-                f"idle {len(self.idle)}, waiting {self._waiting}, creating {self._creating})"
+        state = (
+            f"size {self.size}/{config.max_size}, in use {self.held_count}, "
+            f"idle {len(self.idle)}, waiting {self._waiting}, creating {self._creating}"
+        )
+        describe_holders = self.holders_reading(now)
+        summarise_stats = self.stats_reading()
+        last_error = self.last_error
+        described: tuple[list[Holder[R]], PoolStats, str] | None = None
+
+        def build(waited: float) -> PoolTimeout:
+            nonlocal described
+            if described is None:  # once, however many callers timed out together
+                holders = describe_holders()
+                lines = [""]  # after the first line
+                if holders:
+                    lines.append("longest holders:")
+                    lines.extend(f"  {h}" for h in holders[:HOLDERS_SHOWN])
+                    if len(holders) > HOLDERS_SHOWN:
+                        lines.append(f"  ... and {len(holders) - HOLDERS_SHOWN} more")
+                if last_error is not None:
+                    lines.append(f"last creation error: {last_error!r}")
+                described = (holders, summarise_stats(), "\n".join(lines))
+            holders, stats, rest = described
+            error = PoolTimeout(
+                f"pool {config.name!r}: no resource free after {waited:.3f}s ({state}){rest}"
             )
-        ]
-        holders = self.holders(now)
-        if holders:
-            lines.append("longest holders:")
-            lines.extend(f"  {h}" for h in holders[:HOLDERS_SHOWN])
-            if len(holders) > HOLDERS_SHOWN:
-                lines.append(f"  ... and {len(holders) - HOLDERS_SHOWN} more")
-        if self.last_error is not None:
-            lines.append(f"last creation error: {self.last_error!r}")
-        error = PoolTimeout("\n".join(lines))
-        error.holders = holders
-        error.stats = self.stats()
-        return error
+            error.holders = list(holders)
+            error.stats = stats
+            return error
+
+        return build
