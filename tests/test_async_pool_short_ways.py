@@ -1,20 +1,25 @@
 """The async shell's written-out short ways decide exactly what the core would.
 
-``AsyncPool``'s context manager carries out :meth:`PoolCore.take` and the short way of
-:meth:`PoolCore.give_back` itself, without calling them (see "Short ways" in
-``_pool_core``). Here a pool and a bare core (the reference, driven only through its
-methods) go through the same random sequence of acquires, returns, broken returns, time
-passing and housekeeping on one fake clock; after every step every field of every slot,
-the idle stack's order, the recent holds and the statistics must be the same in both.
+``AsyncPool``'s context manager carries out :meth:`PoolCore.take`, the way of
+:meth:`PoolCore.acquire` into the line of waiters, and the short ways of
+:meth:`PoolCore.give_back` (to the idle stack, or straight to the longest waiter) itself,
+without calling them (see "Short ways" in ``_pool_core``). Here a pool and a bare core
+(the reference, driven only through its methods) go through the same random sequence of
+acquires, returns, broken returns, callers leaving the line, time passing and
+housekeeping on one fake clock; after every step every field of every slot, the idle
+stack's order, the line of waiters, the recent holds and waits and the statistics must be
+the same in both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import math
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import tether
@@ -71,6 +76,7 @@ def snapshot(core: PoolCore[Any]) -> dict[str, Any]:
         "slots": [{name: getattr(slot, name) for name in FIELDS} for slot in slots],
         "idle": [index[id(slot)] for slot in core.idle],
         "holds": list(core.holds),
+        "waits": list(core._waits),
         "steady": core.steady,
         "stats": dataclasses.replace(core.stats(), name="same"),
     }
@@ -184,5 +190,194 @@ def test_the_async_shell_keeps_the_core_as_its_methods_would(
     real_clock = _async_pool._monotonic
     try:
         asyncio.run(side_by_side(plan, dict(opts)))
+    finally:
+        _async_pool._monotonic = real_clock  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------------- busy pool
+
+busy_steps = st.lists(
+    st.one_of(
+        # A timeout long enough never to pass here (the fake clock moves by seconds), but
+        # different ones put waiters' deadlines out of line order.
+        st.tuples(st.just("acquire"), st.sampled_from([None, 1000.0, 2000.0, 3000.0])),
+        st.tuples(st.just("return"), st.integers(0, 7)),
+        st.tuples(st.just("return broken"), st.integers(0, 7)),
+        st.tuples(st.just("leave the line"), st.integers(0, 7)),
+        st.tuples(st.just("wait"), st.sampled_from([0.1, 0.5, 1.0, 3.0])),
+        st.tuples(st.just("housekeeping")),
+    ),
+    max_size=50,
+)
+
+
+class BusyReference(Reference):
+    """The reference for a pool with callers waiting in line: a queued caller is a
+    :class:`Waiter`, given what it is granted the way the shell would (creating a
+    resource on a permit, checking one that needs it)."""
+
+    def __init__(self, config: PoolConfig) -> None:
+        super().__init__(config)
+        self.line: list[Waiter[object]] = []
+
+    def enqueue(
+        self, now: float, timeout: float | None, check: bool
+    ) -> Waiter[object] | tuple[Slot[object], int]:
+        core = self.core
+        slot = core.take(now)
+        if slot is not None:
+            return slot, slot.lease
+        deadline = math.inf if timeout is None else now + timeout
+        waiter: Waiter[object] = Waiter(None, None, None, 0, now, deadline=deadline)
+        grant = core.acquire(now, waiter)
+        self.settle(now)
+        if grant is None:
+            grant = waiter.grant  # granted already, by the room a retired resource left
+        if grant is None:
+            self.line.append(waiter)
+            return waiter
+        if grant is CREATE:
+            grant = core.created(object(), now, waiter)
+            self.settle(now)
+        assert isinstance(grant, Slot)
+        if check and core.needs_check(grant, now):
+            core.check_passed(grant, now)
+        return grant, grant.lease
+
+    def served(self, now: float, check: bool) -> list[tuple[Slot[object], int]]:
+        """The callers in line that were granted something, in line order."""
+        core = self.core
+        served = []
+        while self.line and self.line[0].grant is not None:
+            waiter = self.line.pop(0)
+            grant = waiter.grant
+            if grant is CREATE:
+                grant = core.created(object(), now, waiter)
+                self.settle(now)
+            assert isinstance(grant, Slot)
+            if check and core.needs_check(grant, now):
+                core.check_passed(grant, now)
+            served.append((grant, grant.lease))
+        return served
+
+
+def line_of(core: PoolCore[Any]) -> dict[str, Any]:
+    """The core's line of waiters, as far as it can be compared between two cores."""
+    return {
+        "waiting": core._waiting,
+        "deadlines": [w.deadline for w in core._waiters if w.grant is None and not w.cancelled],
+        "last deadline": core._last_deadline,
+        "early": sorted(deadline for deadline, _, _ in core._early),
+    }
+
+
+async def busy_side_by_side(plan: list[tuple[Any, ...]], opts: dict[str, Any]) -> None:
+    clock = Clock()
+    _async_pool._monotonic = clock  # type: ignore[misc]
+    check = opts.pop("check")
+    pool = tether.AsyncPool(
+        object,
+        check=(lambda resource: True) if check else None,
+        is_broken=lambda error: True,
+        acquire_timeout=None,
+        **opts,
+    )
+    pool._core._jitter = lambda: 0.5
+    reference = BusyReference(pool._core.config)
+    await pool.open()
+    assert pool._housekeeper is not None
+    pool._housekeeper.cancel()  # its work is a step of the plan here
+    held: list[tuple[Any, Slot[object], int]] = []
+    line: list[tuple[Any, asyncio.Task[object]]] = []
+
+    async def let_the_line_move(now: float) -> None:
+        for _ in range(5):  # a creation runs in a task of its own, then wakes its caller
+            await asyncio.sleep(0)
+        served = reference.served(now, check)
+        while line and line[0][1].done():
+            manager, task = line.pop(0)
+            task.result()
+            slot, lease = served.pop(0)
+            held.append((manager, slot, lease))
+        assert served == []
+
+    try:
+        for step in plan:
+            now = clock.now
+            if step[0] == "acquire":
+                if len(line) >= 6:
+                    continue
+                manager = pool.acquire(timeout=step[1])
+                task = asyncio.ensure_future(manager.__aenter__())
+                for _ in range(5):  # time to be served, or to create, or to queue
+                    await asyncio.sleep(0)
+                queued = reference.enqueue(now, step[1], check)
+                if isinstance(queued, Waiter):
+                    assert not task.done()
+                    line.append((manager, task))
+                else:
+                    assert task.done()
+                    held.append((manager, *queued))
+            elif step[0] in ("return", "return broken"):
+                if not held:
+                    continue
+                manager, slot, lease = held.pop(step[1] % len(held))
+                if step[0] == "return":
+                    await manager.__aexit__(None, None, None)
+                    reference.give_back(slot, lease, now)
+                else:
+                    error = RuntimeError("broken")
+                    await manager.__aexit__(RuntimeError, error, None)
+                    reference.give_back_broken(slot, lease, now)
+            elif step[0] == "leave the line":
+                if not line:
+                    continue
+                index = step[1] % len(line)
+                _, task = line.pop(index)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                reference.core.cancel_wait(reference.line.pop(index), now, timed_out=False)
+                reference.settle(now)
+            elif step[0] == "wait":
+                clock.now += step[1]
+            else:
+                pool._core.maintain(now)
+                pool._flush()
+                reference.housekeeping(now)
+            await let_the_line_move(clock.now)
+            assert len(line) == len(reference.line), step
+            assert line_of(pool._core) == line_of(reference.core), step
+            assert snapshot(pool._core) == snapshot(reference.core), step
+    finally:
+        for _, task in line:
+            task.cancel()
+        for manager, _, _ in held:
+            await manager.__aexit__(None, None, None)
+        await pool.close()
+
+
+@settings(max_examples=400, deadline=None)
+@given(plan=busy_steps, opts=options)
+@example(  # the caller at the head of the line left: the next one is served instead
+    plan=[("acquire", None)] * 3 + [("leave the line", 0), ("return", 0)],
+    opts={
+        "max_size": 1,
+        "check_after": 1.0,
+        "max_lifetime": None,
+        "max_idle": None,
+        "check": False,
+    },
+)
+def test_a_busy_pool_hands_over_as_the_core_would(
+    plan: list[tuple[Any, ...]], opts: dict[str, Any]
+) -> None:
+    """With callers waiting in line, the shell's written-out ways into the line and
+    straight to the longest waiter leave the core exactly as acquire() and give_back()
+    would, through hand-offs, callers leaving the line, broken returns, expiries and
+    housekeeping."""
+    real_clock = _async_pool._monotonic
+    try:
+        asyncio.run(busy_side_by_side(plan, dict(opts)))
     finally:
         _async_pool._monotonic = real_clock  # type: ignore[misc]

@@ -8,7 +8,8 @@ resource), and destroys retired ones shielded from cancellation.
 The fast path (an idle resource that needs no check) creates no task, no coroutine and
 no future, and never yields to the event loop: ``async with`` awaits a future made once
 per resource and already done, and the return awaits the pool's one done future. On that
-path the context manager carries out the core's two short ways itself (see "Short ways"
+path, and on a busy pool's (joining the line, a return handed straight to the longest
+waiter), the context manager carries out the core's short ways itself (see "Short ways"
 in ``_pool_core``); everything else goes through the core's methods.
 """
 
@@ -728,7 +729,19 @@ class _Acquire(Waiter[R]):
         self.since = now
         self.grant = None
         self.cancelled = False
-        grant = core.acquire(now, self)
+        if core._waiting and core.state is OPEN:
+            # PoolCore.acquire()'s way into the line behind those already waiting,
+            # written out (see "Short ways" in _pool_core): the hot path of a busy pool.
+            core._waiters.append(self)
+            core._waiting += 1
+            deadline = self.deadline
+            if deadline < core._last_deadline:
+                core._out_of_order(self)
+            else:
+                core._last_deadline = deadline
+            grant = None
+        else:
+            grant = core.acquire(now, self)
         if grant is None:
             future = pool._new_future()
             self.handle = future
@@ -783,22 +796,47 @@ class _Acquire(Waiter[R]):
                     return pool._give_back(slot, lease, None, pending=pending)
             core = pool._core
             now = _monotonic()
-            if core.steady and slot.lease == lease and now < slot.fast_until:
-                # PoolCore.give_back()'s short way, written out (see "Short ways").
-                slot.lease = lease + 1
-                core.holds.append(now - slot.acquired_at)
-                slot.idle_since = now
-                due = now + core.check_after
-                slot.fresh_until = due if due < slot.expires_at else slot.expires_at
-                core.idle.append(slot)
-                return pool._done
+            if slot.lease == lease and now < slot.fast_until:
+                if core.steady:
+                    # PoolCore.give_back()'s short way back to the idle stack, written
+                    # out (see "Short ways").
+                    slot.lease = lease + 1
+                    core.holds.append(now - slot.acquired_at)
+                    slot.idle_since = now
+                    due = now + core.check_after
+                    slot.fresh_until = due if due < slot.expires_at else slot.expires_at
+                    core.idle.append(slot)
+                    return pool._done
+                if core._waiting and core._smooth:
+                    # Its short way straight to the longest waiter, written out too: the
+                    # hot path of a busy pool.
+                    waiters = core._waiters
+                    waiter = waiters.popleft()
+                    while waiter.cancelled or waiter.grant is not None:
+                        waiter = waiters.popleft()  # a live one exists: _waiting > 0
+                    core._waiting -= 1
+                    if not core._waiting:
+                        core._restabilize()
+                    core.holds.append(now - slot.acquired_at)
+                    slot.lease = lease + 2  # the end of one lease, the start of the next
+                    slot.idle_since = slot.acquired_at = now
+                    slot.owner = waiter.owner
+                    slot.site_code = waiter.site_code
+                    slot.site_offset = waiter.site_offset
+                    waiter.grant = slot
+                    core._slow += 1
+                    core._waits.append(now - waiter.since)
+                    future: asyncio.Future[None] = waiter.handle  # type: ignore[assignment]
+                    if not future.done():  # else cancelled: its task passes it on
+                        future.set_result(None)
+                    return pool._done
             handed_to = core.give_back(slot, lease, now)
             if handed_to is not None:
                 if handed_to is True:
                     pool._flush()
                 else:
                     # _carry_out(), written out: a call would cost as much as the rest.
-                    future: asyncio.Future[None] = handed_to.handle  # type: ignore[union-attr,assignment]
+                    future = handed_to.handle  # type: ignore[union-attr,assignment]
                     if not future.done():  # else cancelled: its task passes it on
                         future.set_result(None)
             return pool._done

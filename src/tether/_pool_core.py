@@ -47,12 +47,16 @@ Most acquires find an idle resource and most returns put one back, so the core d
 those two cases ahead of time and publishes the answer as data: the slot on top of
 :attr:`PoolCore.idle` may be handed out while ``now < slot.fresh_until``, and a healthy
 return may go straight back onto the idle stack while :attr:`PoolCore.steady` holds, its
-lease is current and ``now < slot.fast_until``. :meth:`PoolCore.take` and
-:meth:`PoolCore.give_back` carry out those answers and stay the reference. The async
-shell, whose whole fast path costs about as much as five Python calls, writes the two
-short ways out in its context manager instead of calling them: the same conditions, the
-same steps, nothing decided anew (a test drives both side by side and compares every
-field). Everything else goes through the methods.
+lease is current and ``now < slot.fast_until``. In a busy pool the same holds for the two
+steps of every hand-off: a caller joins the line behind those already waiting, and a
+healthy return with a current lease before ``fast_until`` goes straight to the longest
+waiter while the pool is smooth (open, within ``max_size``, no ``max_uses`` to count).
+:meth:`PoolCore.take`, :meth:`PoolCore.acquire` and :meth:`PoolCore.give_back` carry out
+those answers and stay the reference. The async shell, whose whole fast path costs about
+as much as five Python calls, writes these four short ways out in its context manager
+instead of calling them: the same conditions, the same steps, nothing decided anew (tests
+drive a pool and a bare core side by side, idle and busy, and compare every field).
+Everything else goes through the methods.
 
 Failing and recovering
 ----------------------
