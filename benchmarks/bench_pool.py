@@ -7,9 +7,10 @@ measured use:
   ``async with`` (no timeouts, no statistics, no diagnostics);
 * threads: a ``Lock`` + ``Condition`` + deque.
 
-The resource is a bare ``object()``, so only pool overhead is measured. Each figure is the
-median of repeated runs, with tether and its floor interleaved run by run, so that the
-machine's noise hits both alike. Claims checked:
+The resource is a bare ``object()``, so only pool overhead is measured. tether and its
+floor run in pairs, one right after the other and each first in every other pair, so that
+the machine's noise hits both alike; each figure is a median over the pairs, and each
+ratio the median of the per-pair ratios (with their range). Claims checked:
 
 * ``async with pool.acquire()`` uncontended: at most 2x the asyncio floor;
 * ``with pool.acquire()`` (threads) uncontended: at most 2x the threading floor;
@@ -146,30 +147,61 @@ def _thread_cycles(pool: FloorThreadPool[object] | tether.Pool[object], n: int) 
     return (time.perf_counter() - start) / n
 
 
-async def uncontended_async(repeats: int, cycles: int) -> tuple[float, float]:
-    """Median seconds per cycle: (floor, tether)."""
+class Pairs:
+    """Figures of the floor and of tether, measured in pairs: each repeat runs both, one
+    right after the other, the floor first in even repeats and tether first in odd ones,
+    so that neither always runs on a machine warmed (or disturbed) by the other."""
+
+    def __init__(self) -> None:
+        self.floor: list[float] = []
+        self.tether: list[float] = []
+
+    def add(self, floor: float, ours: float) -> None:
+        self.floor.append(floor)
+        self.tether.append(ours)
+
+    def medians(self) -> tuple[float, float]:
+        return statistics.median(self.floor), statistics.median(self.tether)
+
+    def ratio(self) -> tuple[float, float, float]:
+        """tether's figure over the floor's, repeat by repeat (drift between repeats cancels
+        out): the median, lowest and highest."""
+        ratios = [ours / floor for floor, ours in zip(self.floor, self.tether, strict=True)]
+        return statistics.median(ratios), min(ratios), max(ratios)
+
+
+async def uncontended_async(repeats: int, cycles: int) -> Pairs:
+    """Seconds per cycle, floor and tether."""
     floor = FloorAsyncPool([object()])
-    floor_times, tether_times = [], []
+    pairs = Pairs()
     async with tether.AsyncPool(object, min_size=1, max_size=1) as pool:
         await _async_cycles(floor, cycles)
         await _async_cycles(pool, cycles)
-        for _ in range(repeats):
-            floor_times.append(await _async_cycles(floor, cycles))
-            tether_times.append(await _async_cycles(pool, cycles))
-    return statistics.median(floor_times), statistics.median(tether_times)
+        for repeat in range(repeats):
+            if repeat % 2:
+                ours = await _async_cycles(pool, cycles)
+                pairs.add(await _async_cycles(floor, cycles), ours)
+            else:
+                floor_time = await _async_cycles(floor, cycles)
+                pairs.add(floor_time, await _async_cycles(pool, cycles))
+    return pairs
 
 
-def uncontended_threads(repeats: int, cycles: int) -> tuple[float, float]:
-    """Median seconds per cycle: (floor, tether)."""
+def uncontended_threads(repeats: int, cycles: int) -> Pairs:
+    """Seconds per cycle, floor and tether."""
     floor = FloorThreadPool([object()])
-    floor_times, tether_times = [], []
+    pairs = Pairs()
     with tether.Pool(object, min_size=1, max_size=1) as pool:
         _thread_cycles(floor, cycles)
         _thread_cycles(pool, cycles)
-        for _ in range(repeats):
-            floor_times.append(_thread_cycles(floor, cycles))
-            tether_times.append(_thread_cycles(pool, cycles))
-    return statistics.median(floor_times), statistics.median(tether_times)
+        for repeat in range(repeats):
+            if repeat % 2:
+                ours = _thread_cycles(pool, cycles)
+                pairs.add(_thread_cycles(floor, cycles), ours)
+            else:
+                floor_time = _thread_cycles(floor, cycles)
+                pairs.add(floor_time, _thread_cycles(pool, cycles))
+    return pairs
 
 
 # ---------------------------------------------------------------------- contended
@@ -204,24 +236,23 @@ def _p50_p99(waits: list[float]) -> tuple[float, float]:
 
 async def contended(
     repeats: int, tasks: int, size: int, rounds: int
-) -> tuple[float, float, tuple[float, float], tuple[float, float]]:
+) -> tuple[Pairs, tuple[float, float], tuple[float, float]]:
     """Floor and tether ops/s, then their (p50, p99) acquire waits."""
     floor = FloorAsyncPool([object() for _ in range(size)])
-    floor_rates, tether_rates = [], []
+    pairs = Pairs()
     async with tether.AsyncPool(object, min_size=size, max_size=size) as pool:
-        for _ in range(repeats):
-            floor_rates.append(await _contended(floor.acquire, tasks, rounds, None))
-            tether_rates.append(await _contended(pool.acquire, tasks, rounds, None))
+        for repeat in range(repeats):
+            if repeat % 2:
+                ours = await _contended(pool.acquire, tasks, rounds, None)
+                pairs.add(await _contended(floor.acquire, tasks, rounds, None), ours)
+            else:
+                floor_rate = await _contended(floor.acquire, tasks, rounds, None)
+                pairs.add(floor_rate, await _contended(pool.acquire, tasks, rounds, None))
         floor_waits: list[float] = []
         await _contended(floor.acquire, tasks, rounds, floor_waits)
         waits: list[float] = []
         await _contended(pool.acquire, tasks, rounds, waits)
-    return (
-        statistics.median(floor_rates),
-        statistics.median(tether_rates),
-        _p50_p99(floor_waits),
-        _p50_p99(waits),
-    )
+    return pairs, _p50_p99(floor_waits), _p50_p99(waits)
 
 
 # ---------------------------------------------------------------------- report
@@ -239,38 +270,38 @@ def main(argv: list[str] | None = None) -> int:
     def run(coro: Awaitable[T]) -> T:
         return asyncio.run(coro)  # type: ignore[arg-type]
 
-    floor, ours = run(uncontended_async(args.repeats, args.cycles))
-    ratio = ours / floor
-    results.append(
+    for name, pairs in (
         (
             "async with pool.acquire(), uncontended",
-            f"{floor * 1e6:.3f} us",
-            f"{ours * 1e6:.3f} us",
-            f"{ratio:.2f}x (<= {UNCONTENDED_TARGET}x)",
-            ratio <= UNCONTENDED_TARGET,
-        )
-    )
-    floor, ours = uncontended_threads(args.repeats, args.cycles)
-    ratio = ours / floor
-    results.append(
+            run(uncontended_async(args.repeats, args.cycles)),
+        ),
         (
             "with pool.acquire() (threads), uncontended",
-            f"{floor * 1e6:.3f} us",
-            f"{ours * 1e6:.3f} us",
-            f"{ratio:.2f}x (<= {UNCONTENDED_TARGET}x)",
-            ratio <= UNCONTENDED_TARGET,
+            uncontended_threads(args.repeats, args.cycles),
+        ),
+    ):
+        floor, ours = pairs.medians()
+        ratio, low, high = pairs.ratio()
+        results.append(
+            (
+                name,
+                f"{floor * 1e6:.3f} us",
+                f"{ours * 1e6:.3f} us",
+                f"{ratio:.2f}x ({low:.2f}-{high:.2f}) (<= {UNCONTENDED_TARGET}x)",
+                ratio <= UNCONTENDED_TARGET,
+            )
         )
-    )
-    floor_rate, our_rate, (floor_p50, floor_p99), (p50, p99) = run(
+    pairs, (floor_p50, floor_p99), (p50, p99) = run(
         contended(args.repeats, tasks=200, size=10, rounds=100)
     )
-    ratio = our_rate / floor_rate
+    floor_rate, our_rate = pairs.medians()
+    ratio, low, high = pairs.ratio()
     results.append(
         (
             "200 tasks on 10, acquire -> sleep(0) -> release",
             f"{floor_rate:,.0f} ops/s",
             f"{our_rate:,.0f} ops/s",
-            f"{ratio:.2f}x (>= {CONTENDED_TARGET}x)",
+            f"{ratio:.2f}x ({low:.2f}-{high:.2f}) (>= {CONTENDED_TARGET}x)",
             ratio >= CONTENDED_TARGET,
         )
     )
