@@ -25,12 +25,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import pytest
 
 import tether
 from pool_flavours import Gate, Thing, Things, eventually, within
+from tether import _async_pool
 
 POINTS = [
     "queued",
@@ -309,4 +311,43 @@ async def test_a_resource_handed_to_a_caller_cancelled_a_moment_before_goes_on(
     assert victim.cancelled()
     assert inherited is held
     await pool.put(inherited)
+    await check_intact(pool, things)
+
+
+@pytest.mark.parametrize("gives_up_by", ["its deadline", "cancellation"])
+async def test_a_resource_made_just_as_its_caller_gives_up_is_not_lost(
+    gives_up_by: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller's creation finishes, and the caller's deadline passes (or the caller is
+    cancelled) just before the pool hands the new resource over, in the same turn of
+    the event loop: the hand-over still happens (the pool cannot know yet). Then a
+    caller whose deadline passed gets the resource after all, and a cancelled caller
+    passes it on; either way the pool holds nothing for a caller that is gone."""
+    things = Things()
+    pool = tether.AsyncPool(things.create, destroy=things.destroy, max_size=1)
+    await pool.open()
+    caller: asyncio.Task[Thing] | None = None
+    real_on_created = tether.AsyncPool._on_created
+
+    def just_too_late(self: Any, task: asyncio.Task[object], waiter: Any) -> None:
+        if gives_up_by == "its deadline":
+            _async_pool._time_out_creation(waiter.handle)  # its timer fired a moment ago
+        else:
+            assert caller is not None
+            caller.cancel()
+        real_on_created(self, task, waiter)
+
+    monkeypatch.setattr(tether.AsyncPool, "_on_created", just_too_late)
+    caller = asyncio.create_task(pool.get(timeout=30.0))
+    async with within():
+        if gives_up_by == "its deadline":
+            thing = await caller
+            assert thing is things.made[0]
+            assert pool.stats().in_use == 1
+            await pool.put(thing)
+        else:
+            with pytest.raises(asyncio.CancelledError):
+                await caller
+    monkeypatch.setattr(tether.AsyncPool, "_on_created", real_on_created)
+    assert pool.stats().timeouts == 0
     await check_intact(pool, things)

@@ -268,7 +268,7 @@ class PoolCoreMachine(RuleBasedStateMachine):
         core = self.pool()
         caller = data.draw(st.sampled_from(self._giving_up()))
         if caller.state == "creating":
-            core.abandon_creation(caller.waiter, timed_out=timed_out)
+            core.abandon_creation(caller.waiter, self.now, timed_out=timed_out)
             # The permit is in use; the creation itself is still to finish.
             self.background_creations += 1
         elif caller.state == "checking":

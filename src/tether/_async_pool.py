@@ -377,9 +377,13 @@ class AsyncPool(PoolShell[R]):
         try:
             await future
         except BaseException as error:
-            now = _monotonic()
             timed_out = type(error) is _CreationTimedOut
-            self._core.abandon_creation(waiter, timed_out=timed_out)
+            if timed_out and waiter.grant.__class__ is Slot:
+                # The resource was made and handed over just as the deadline passed,
+                # before this task could run: it is the caller's.
+                return waiter.grant
+            now = _monotonic()
+            self._core.abandon_creation(waiter, now, timed_out=timed_out)
             self._flush()
             if timed_out:
                 raise self._core.timeout_error(now - waiter.since, now) from None
