@@ -76,3 +76,27 @@ def test_each_twin_is_its_kind_of_context_manager() -> None:
         assert not isinstance(sync_manager, contextlib.AbstractAsyncContextManager)
         assert parameters(async_type.__aexit__) == parameters(sync_type.__exit__)
         assert parameters(async_type.__aenter__) == parameters(sync_type.__enter__)
+
+
+def test_pool_timeout_stats_are_given_or_summarised_once_when_first_read() -> None:
+    """``PoolTimeout.stats`` holds statistics given to it, or summarises them from the
+    function given, once, when first read (the pool gives a function: most timeouts of
+    an overloaded pool are never inspected)."""
+    stats = tether.Pool(object, name="given").stats()
+    error = tether.PoolTimeout("no resource free")
+    assert error.stats is None
+    error.stats = stats
+    assert error.stats is stats
+    summarised: list[tether.PoolStats] = []
+
+    def summarise() -> tether.PoolStats:
+        summarised.append(stats)
+        return stats
+
+    error.stats = summarise
+    assert summarised == []
+    assert error.stats is stats
+    assert error.stats is stats
+    assert len(summarised) == 1
+    error.stats = None
+    assert error.stats is None

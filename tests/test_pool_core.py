@@ -473,8 +473,9 @@ def test_waiters_timed_out_together_share_one_description_of_the_pool(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """When many waiters' deadlines pass at once (an overloaded pool), expire() reads who
-    holds what and the statistics once for all of them, not once per waiter: each
-    summary sorts up to 2,048 durations, and the shell waits for expire() to finish."""
+    holds what and the statistics once for all of them, not once per waiter, and the
+    statistics are summarised (sorting up to 2,048 durations of each kind) only when an
+    error's ``stats`` is first read: the shell waits for expire() to finish."""
     core: PoolCore[object] = PoolCore(
         PoolConfig(
             name="crowded",
@@ -508,13 +509,14 @@ def test_waiters_timed_out_together_share_one_description_of_the_pool(
 
     monkeypatch.setattr(_pool_core.DurationSummary, "of", counting_of)
     assert core.expire(3.0) == math.inf
-    assert summaries == 2  # the waits and the holds, once
+    assert summaries == 0  # nobody has read the statistics yet
     errors = [waiter.grant for waiter in waiters]
-    assert all(isinstance(error, PoolTimeout) for error in errors)
     assert core.woken == waiters
     for error in errors:
         assert isinstance(error, PoolTimeout)
         assert str(error).startswith("pool 'crowded': no resource free after 2.000s")
         assert [h.resource for h in error.holders] == [held.resource]
+        assert error.stats is not None
         assert error.stats.timeouts == 50
         assert error.stats.waiting == 0
+    assert summaries == 2  # the waits and the holds, once for all fifty

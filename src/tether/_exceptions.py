@@ -29,11 +29,13 @@ TimeoutError:`` clauses keep working.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
+from ._pool_types import PoolStats
+
 if TYPE_CHECKING:
-    from ._pool_types import Holder, PoolStats
+    from ._pool_types import Holder
 
 __all__ = [
     "CleanupError",
@@ -98,11 +100,28 @@ class PoolTimeout(PoolError, TimeoutError):
 
     Attributes:
         holders: who held the pool's resources when the wait gave up, longest first.
-        stats: the pool's statistics at that moment.
+        stats: the pool's statistics at that moment (summarised when first read: in an
+            overloaded pool most timeouts are never inspected, and summarising sorts up
+            to 4,096 recent durations).
     """
 
     holders: Sequence[Holder[object]] = ()
-    stats: PoolStats | None = None
+    _stats: PoolStats | None = None
+    _summarise: Callable[[], PoolStats] | None = None
+
+    @property
+    def stats(self) -> PoolStats | None:
+        if self._stats is None and self._summarise is not None:
+            self._stats, self._summarise = self._summarise(), None
+        return self._stats
+
+    @stats.setter
+    def stats(self, stats: PoolStats | Callable[[], PoolStats] | None) -> None:
+        """The statistics, or a function that summarises them when first read."""
+        if stats is None or isinstance(stats, PoolStats):
+            self._stats, self._summarise = stats, None
+        else:
+            self._stats, self._summarise = None, stats
 
 
 class PoolUnavailable(PoolError):

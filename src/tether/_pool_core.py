@@ -1189,7 +1189,14 @@ class PoolCore(Generic[R]):
         describe_holders = self.holders_reading(now)
         summarise_stats = self.stats_reading()
         last_error = self.last_error
-        described: tuple[list[Holder[R]], PoolStats, str] | None = None
+        described: tuple[list[Holder[R]], str] | None = None
+        summary: PoolStats | None = None
+
+        def shared_summary() -> PoolStats:
+            nonlocal summary
+            if summary is None:
+                summary = summarise_stats()
+            return summary
 
         def build(waited: float) -> PoolTimeout:
             nonlocal described
@@ -1203,13 +1210,13 @@ class PoolCore(Generic[R]):
                         lines.append(f"  ... and {len(holders) - HOLDERS_SHOWN} more")
                 if last_error is not None:
                     lines.append(f"last creation error: {last_error!r}")
-                described = (holders, summarise_stats(), "\n".join(lines))
-            holders, stats, rest = described
+                described = (holders, "\n".join(lines))
+            holders, rest = described
             error = PoolTimeout(
                 f"pool {config.name!r}: no resource free after {waited:.3f}s ({state}){rest}"
             )
             error.holders = list(holders)
-            error.stats = stats
+            error.stats = shared_summary  # summarised if and when somebody reads it
             return error
 
         return build
