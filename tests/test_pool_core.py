@@ -443,16 +443,17 @@ PoolCoreMachine.TestCase.settings = settings(
 TestPoolCore = PoolCoreMachine.TestCase
 
 
-def test_idle_resources_kept_for_min_size_are_not_due_for_maintenance() -> None:
-    """A resource idle past max_idle but kept because of min_size does not make the next
-    maintenance due at once (the housekeepers would wake every millisecond)."""
+def bare_core(
+    name: str, *, min_size: int, max_size: int, max_idle: float | None = None
+) -> PoolCore[object]:
+    """An open core with no checks, lifetimes or use limits, on a clock the test gives."""
     core: PoolCore[object] = PoolCore(
         PoolConfig(
-            name="kept",
-            min_size=1,
-            max_size=2,
+            name=name,
+            min_size=min_size,
+            max_size=max_size,
             max_lifetime=None,
-            max_idle=2.0,
+            max_idle=max_idle,
             max_uses=None,
             check_after=1.0,
             leak_timeout=None,
@@ -462,6 +463,13 @@ def test_idle_resources_kept_for_min_size_are_not_due_for_maintenance() -> None:
         jitter=lambda: 0.0,
     )
     core.open()
+    return core
+
+
+def test_idle_resources_kept_for_min_size_are_not_due_for_maintenance() -> None:
+    """A resource idle past max_idle but kept because of min_size does not make the next
+    maintenance due at once (the housekeepers would wake every millisecond)."""
+    core = bare_core("kept", min_size=1, max_size=2, max_idle=2.0)
     assert core.refill(0.0) == 1
     core.created(object(), 0.0, None)
     leaked, next_due = core.maintain(3.0)
@@ -476,22 +484,7 @@ def test_waiters_timed_out_together_share_one_description_of_the_pool(
     holds what and the statistics once for all of them, not once per waiter, and the
     statistics are summarised (sorting up to 2,048 durations of each kind) only when an
     error's ``stats`` is first read: the shell waits for expire() to finish."""
-    core: PoolCore[object] = PoolCore(
-        PoolConfig(
-            name="crowded",
-            min_size=0,
-            max_size=1,
-            max_lifetime=None,
-            max_idle=None,
-            max_uses=None,
-            check_after=1.0,
-            leak_timeout=None,
-            has_check=False,
-            retry_delay=(0.1, 1.0),
-        ),
-        jitter=lambda: 0.0,
-    )
-    core.open()
+    core = bare_core("crowded", min_size=0, max_size=1)
     first = Waiter[object](None, "holder", None, 0, 0.0)
     assert core.acquire(0.0, first) is CREATE
     held = core.created(object(), 0.0, first)
@@ -520,3 +513,29 @@ def test_waiters_timed_out_together_share_one_description_of_the_pool(
         assert error.stats.timeouts == 50
         assert error.stats.waiting == 0
     assert summaries == 2  # the waits and the holds, once for all fifty
+
+
+@pytest.mark.parametrize("gave_up_by", ["timeout", "cancellation"])
+def test_a_resource_made_for_a_caller_that_gave_up_a_moment_later_is_not_lost(
+    gave_up_by: str,
+) -> None:
+    """The creation finished and its resource was handed to the caller, which gave up
+    before it could run: a caller whose deadline passed gets the resource after all
+    (abandon_creation returns it), a cancelled one passes it on to the next in line."""
+    core = bare_core("late", min_size=0, max_size=1)
+    caller = Waiter[object](None, "caller", None, 0, 0.0, deadline=1.0)
+    assert core.acquire(0.0, caller) is CREATE
+    next_in_line = Waiter[object](None, "next", None, 0, 0.5)
+    assert core.acquire(0.5, next_in_line) is None
+    made = core.created(object(), 1.0, caller)
+    assert caller.grant is made
+    handed = core.abandon_creation(caller, 1.0, timed_out=gave_up_by == "timeout")
+    if gave_up_by == "timeout":
+        assert handed is made
+        assert next_in_line.grant is None
+        assert core.stats().in_use == 1
+    else:
+        assert handed is None
+        assert next_in_line.grant is made
+        assert core.stats().acquired == 1  # the cancelled caller's hand-out is not counted
+    assert core.stats().timeouts == 0

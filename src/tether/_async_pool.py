@@ -377,13 +377,11 @@ class AsyncPool(PoolShell[R]):
         try:
             await future
         except BaseException as error:
-            timed_out = type(error) is _CreationTimedOut
-            if timed_out and waiter.grant.__class__ is Slot:
-                # The resource was made and handed over just as the deadline passed,
-                # before this task could run: it is the caller's.
-                return waiter.grant
             now = _monotonic()
-            self._core.abandon_creation(waiter, now, timed_out=timed_out)
+            timed_out = type(error) is _CreationTimedOut
+            made = self._core.abandon_creation(waiter, now, timed_out=timed_out)
+            if made is not None:
+                return made
             self._flush()
             if timed_out:
                 raise self._core.timeout_error(now - waiter.since, now) from None
@@ -834,15 +832,10 @@ class _Acquire(Waiter[R]):
                     if not future.done():  # else cancelled: its task passes it on
                         future.set_result(None)
                     return pool._done
-            handed_to = core.give_back(slot, lease, now)
-            if handed_to is not None:
-                if handed_to is True:
-                    pool._flush()
-                else:
-                    # _carry_out(), written out: a call would cost as much as the rest.
-                    future = handed_to.handle  # type: ignore[union-attr,assignment]
-                    if not future.done():  # else cancelled: its task passes it on
-                        future.set_result(None)
+            # Neither short way: what PoolCore.give_back() would do here is release().
+            core.release(slot, lease, now)
+            if core.woken or core.doomed:
+                pool._flush()
             return pool._done
         return pool._give_back(self._slot, self._lease, exc)
 

@@ -771,20 +771,24 @@ class PoolCore(Generic[R]):
             self._offer_room(now)
             self._maybe_closed()
 
-    def abandon_creation(self, waiter: Waiter[R], now: float, *, timed_out: bool) -> None:
+    def abandon_creation(self, waiter: Waiter[R], now: float, *, timed_out: bool) -> Slot[R] | None:
         """The caller of a creation it started gave up; the resource, when it comes, goes
         to the next waiter or the idle stack.
 
         If it came already (made and handed to the caller, who gave up before it could
-        run), it goes there now, as with :meth:`cancel_wait`.
+        run): a caller whose deadline passed meanwhile gets it after all, returned here;
+        a cancelled caller's goes on now, as with :meth:`cancel_wait`.
         """
         if isinstance(waiter.grant, Slot):
-            self.cancel_wait(waiter, now, timed_out=timed_out)
-            return
+            if timed_out:
+                return waiter.grant
+            self.cancel_wait(waiter, now, timed_out=False)
+            return None
         if not waiter.cancelled:
             waiter.cancelled = True
             if timed_out:
                 self.timeouts += 1
+        return None
 
     # ------------------------------------------------------------------ create
 
