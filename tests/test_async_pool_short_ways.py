@@ -130,7 +130,9 @@ class Reference:
         self.settle(now)
 
 
-async def side_by_side(plan: list[tuple[Any, ...]], opts: dict[str, Any]) -> None:
+async def open_pool(opts: dict[str, Any]) -> tuple[Clock, tether.AsyncPool[object], bool]:
+    """A pool on a fake clock, opened, its housekeeper stopped (its work is a step of the
+    plan); and whether it checks resources."""
     clock = Clock()
     _async_pool._monotonic = clock  # type: ignore[misc]
     check = opts.pop("check")
@@ -142,10 +144,15 @@ async def side_by_side(plan: list[tuple[Any, ...]], opts: dict[str, Any]) -> Non
         **opts,
     )
     pool._core._jitter = lambda: 0.5
-    reference = Reference(pool._core.config)
     await pool.open()
     assert pool._housekeeper is not None
-    pool._housekeeper.cancel()  # its work is a step of the plan here
+    pool._housekeeper.cancel()
+    return clock, pool, check
+
+
+async def side_by_side(plan: list[tuple[Any, ...]], opts: dict[str, Any]) -> None:
+    clock, pool, check = await open_pool(opts)
+    reference = Reference(pool._core.config)
     held: list[tuple[Any, Slot[object], int]] = []
     try:
         for step in plan:
@@ -272,21 +279,8 @@ def line_of(core: PoolCore[Any]) -> dict[str, Any]:
 
 
 async def busy_side_by_side(plan: list[tuple[Any, ...]], opts: dict[str, Any]) -> None:
-    clock = Clock()
-    _async_pool._monotonic = clock  # type: ignore[misc]
-    check = opts.pop("check")
-    pool = tether.AsyncPool(
-        object,
-        check=(lambda resource: True) if check else None,
-        is_broken=lambda error: True,
-        acquire_timeout=None,
-        **opts,
-    )
-    pool._core._jitter = lambda: 0.5
+    clock, pool, check = await open_pool(opts)
     reference = BusyReference(pool._core.config)
-    await pool.open()
-    assert pool._housekeeper is not None
-    pool._housekeeper.cancel()  # its work is a step of the plan here
     held: list[tuple[Any, Slot[object], int]] = []
     line: list[tuple[Any, asyncio.Task[object]]] = []
 
@@ -359,6 +353,16 @@ async def busy_side_by_side(plan: list[tuple[Any, ...]], opts: dict[str, Any]) -
 
 @settings(max_examples=400, deadline=None)
 @given(plan=busy_steps, opts=options)
+@example(  # handed over after time passed: every time the hand-over sets is compared
+    plan=[("acquire", None), ("acquire", None), ("wait", 1.0), ("return", 0)],
+    opts={
+        "max_size": 1,
+        "check_after": 1.0,
+        "max_lifetime": None,
+        "max_idle": None,
+        "check": False,
+    },
+)
 @example(  # the caller at the head of the line left: the next one is served instead
     plan=[("acquire", None)] * 3 + [("leave the line", 0), ("return", 0)],
     opts={
