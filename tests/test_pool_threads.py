@@ -423,16 +423,25 @@ def test_closing_while_threads_wait_fails_every_waiter(seed: int) -> None:
     assert destroyed == [held]
 
 
+@pytest.mark.parametrize("way", ["get/put", "with"])
 @pytest.mark.parametrize("where", ["check", "reset"])
 def test_an_interrupt_in_check_or_reset_gets_through_and_destroys_the_resource(
-    where: str,
+    where: str, way: str
 ) -> None:
     """A KeyboardInterrupt raised inside check or reset reaches the caller, and the
-    resource, whose state it left unknown, is destroyed."""
+    resource, whose state it left unknown, is destroyed (``get``/``put`` and ``with
+    pool.acquire()`` take different ways back)."""
     destroyed: list[Thing] = []
 
     def interrupt(thing: Thing) -> None:
         raise KeyboardInterrupt
+
+    def borrow_and_return(pool: tether.Pool[Thing]) -> None:
+        if way == "with":
+            with pool.acquire():
+                pass
+        else:
+            pool.put(pool.get())
 
     options = {"check": interrupt} if where == "check" else {"reset": interrupt}
     pool = tether.Pool(lambda: Thing(1), destroy=destroyed.append, check_after=0.0, **options)
@@ -440,7 +449,7 @@ def test_an_interrupt_in_check_or_reset_gets_through_and_destroys_the_resource(
         if where == "check":
             pool.put(pool.get())  # an idle resource, due for a check
         with pytest.raises(KeyboardInterrupt):
-            pool.put(pool.get())
+            borrow_and_return(pool)
         stats = pool.stats()
     assert (stats.size, stats.in_use, stats.waiting) == (0, 0, 0)
     assert [thing.number for thing in destroyed] == [1]

@@ -4,6 +4,14 @@ Every call into the core happens under one lock; everything that may block (crea
 checking, resetting and destroying resources, and waiting) happens outside it. A waiting
 thread sleeps on a lock of its own, which the thread that wakes it releases, so a
 hand-off wakes exactly the thread it is meant for.
+
+In a busy pool the threads take turns with each resource, and the pool serves at the
+pace of its hand-offs: from a return to the waiter's wake-up, and from there to the
+returning thread falling asleep in line again (while it runs, the woken thread waits for
+the interpreter). So the context manager carries out the two steps of a hand-off itself
+(joining the line, a return straight to the longest waiter: see "Short ways" in
+``_pool_core``), wakes the waiter before the bookkeeping, and makes its first wait
+without a further call.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import time
 import weakref
 from collections.abc import Callable
 from types import CodeType, TracebackType
-from typing import Final, Generic, TypeVar, cast, final
+from typing import Final, TypeVar, cast, final
 
 from ._pool_base import DEFAULT, PoolShell, logger
 from ._pool_core import CLOSED, CREATE, OPEN, Slot, Waiter, _Create, timeout_or_none
@@ -28,6 +36,14 @@ R = TypeVar("R")
 _monotonic: Final = time.monotonic
 _getframe: Final = sys._getframe
 _current_thread: Final = threading.current_thread
+_thread_ident: Final = threading.get_ident
+# threading.current_thread() without its Python call (a lookup in the registry of running
+# threads by ident); it still makes the answer for a thread threading did not start.
+_running_threads: Final[dict[int, threading.Thread]] = getattr(threading, "_active", {})
+_running_thread: Final = _running_threads.get
+_new: Final = object.__new__
+_allocate_lock: Final = threading.Lock
+_INF: Final = float("inf")
 
 
 @final
@@ -234,7 +250,14 @@ class Pool(PoolShell[R]):
         if timeout is not DEFAULT:
             self._resolve_timeout(timeout)  # refuse bad input here, even on the fast path
         frame = _getframe(1)
-        return _Acquire(self, timeout, frame.f_code, frame.f_lasti)
+        # _Acquire(self, timeout, code, offset) without its __init__: a Python __init__
+        # is a good part of an uncontended cycle.
+        acquire: _Acquire[R] = _new(_Acquire)
+        acquire._pool = self
+        acquire._timeout = timeout
+        acquire.site_code = frame.f_code
+        acquire.site_offset = frame.f_lasti
+        return acquire
 
     def get(self, *, timeout: float | None = DEFAULT) -> R:
         """Borrow a resource; give it back with :meth:`put`. Prefer :meth:`acquire`.
@@ -248,7 +271,7 @@ class Pool(PoolShell[R]):
         if timeout is not DEFAULT:
             self._resolve_timeout(timeout)
         code, offset = user_code(1)
-        return self._take(timeout, code, offset)[0].resource
+        return _Acquire(self, timeout, code, offset).__enter__()
 
     def put(self, resource: R, *, broken: bool = False) -> None:
         """Give back a resource borrowed with :meth:`get`.
@@ -271,44 +294,18 @@ class Pool(PoolShell[R]):
             raise ValueError(f"{resource!r} is not held from pool {self.name!r}")
         self._give_back(slot, slot.lease, None, broken=broken)
 
-    def _take(
-        self, timeout: float | None, site_code: CodeType | None, site_offset: int
-    ) -> tuple[Slot[R], int]:
-        """Hand out a slot and the lease it is held under: fast path, else slow."""
-        lock = self._lock
-        with lock:
-            slot = self._core.take(_monotonic())
-            if slot is not None:
-                slot.owner = _current_thread()
-                slot.site_code = site_code
-                slot.site_offset = site_offset
-                return slot, slot.lease
-        slot = self._acquire(timeout, site_code, site_offset)
-        return slot, slot.lease
-
-    def _acquire(
-        self, timeout: float | None, site_code: CodeType | None, site_offset: int
+    def _acquire_rest(
+        self, waiter: _Acquire[R], grant: Slot[R] | _Create | BaseException | None
     ) -> Slot[R]:
-        """The slow path: check, create, or wait in line."""
-        now = _monotonic()
-        wait_for = self._resolve_timeout(timeout)
-        deadline = float("inf") if wait_for is None else now + wait_for
+        """The rest of the slow path: wait in line, check what was granted, or create."""
         core = self._core
-        waiter: Waiter[R] = Waiter(None, _current_thread(), site_code, site_offset, now)
-        with self._lock:
-            grant = core.acquire(now, waiter)
-            if grant is None:
-                waiter.handle = _sleeper()
-            busy = core.woken or core.doomed
-        if busy:
-            self._flush()
         while True:
             if grant is None:
-                grant = self._wait(waiter, deadline)
+                grant = self._wait(waiter)
             if isinstance(grant, Slot):
                 # The slot is ours now: what the core decided about it can be read
                 # without the lock.
-                if self._check is None or not core.needs_check(grant, _monotonic()):
+                if not grant.must_check:
                     return grant
                 if self._passes_check(grant):
                     with self._lock:
@@ -325,20 +322,31 @@ class Pool(PoolShell[R]):
             assert isinstance(grant, BaseException)
             raise grant
 
-    def _wait(self, waiter: Waiter[R], deadline: float) -> Slot[R] | _Create | BaseException | None:
+    def _wait(self, waiter: _Acquire[R]) -> Slot[R] | _Create | BaseException | None:
         """Sleep until the core grants ``waiter`` something, or give up."""
-        sleeper = cast("threading.Lock", waiter.handle)
+        sleeper: threading.Lock = waiter.handle  # type: ignore[assignment]
+        timeout = waiter._timeout
+        span = self._wait_span if timeout is DEFAULT else self._span(timeout)
+        left = waiter.since + span - _monotonic()
         try:
-            left = deadline - _monotonic()
-            woken = sleeper.acquire(timeout=-1 if left == float("inf") else max(left, 0.0))
-        except BaseException:  # KeyboardInterrupt while waiting: give up the place
-            with self._lock:
-                self._core.cancel_wait(waiter, _monotonic(), timed_out=False)
-            self._flush()
+            woken = sleeper.acquire(timeout=-1 if left == _INF else max(left, 0.0))
+        except BaseException:
+            self._interrupted(waiter)
             raise
         if woken:
             # Whoever woke us set the grant first, under the lock.
             return waiter.grant
+        return self._timed_out(waiter)
+
+    def _interrupted(self, waiter: _Acquire[R]) -> None:
+        """A waiting thread was interrupted (KeyboardInterrupt): it gives up its place."""
+        with self._lock:
+            self._core.cancel_wait(waiter, _monotonic(), timed_out=False)
+        self._flush()
+
+    def _timed_out(self, waiter: _Acquire[R]) -> Slot[R] | _Create | BaseException | None:
+        """A waiting thread's sleep timed out: a grant that came just then is taken, else
+        it leaves the line with :class:`~tether.PoolTimeout`."""
         with self._lock:
             if waiter.grant is not None:
                 return waiter.grant
@@ -412,18 +420,20 @@ class Pool(PoolShell[R]):
             except Exception:  # noqa: BLE001 - a failed reset means a broken resource
                 broken = True
             except BaseException:
-                with self._lock:
-                    self._core.release(slot, lease, _monotonic(), broken=True)
-                self._flush()
+                self._drop(slot, lease)
                 raise
         if broken:
-            with self._lock:
-                self._core.release(slot, lease, _monotonic(), broken=True)
-            self._flush()
+            self._drop(slot, lease)
             return
         with self._lock:
             handed_to = self._core.give_back(slot, lease, _monotonic())
         self._carry_out(handed_to)
+
+    def _drop(self, slot: Slot[R], lease: int) -> None:
+        """Return a resource as broken: it is destroyed, and its room freed."""
+        with self._lock:
+            self._core.release(slot, lease, _monotonic(), broken=True)
+        self._flush()
 
     def _carry_out(self, handed_to: Waiter[R] | bool | None) -> None:
         """Finish a :meth:`PoolCore.give_back`: wake the waiter it handed to, or flush."""
@@ -565,10 +575,14 @@ def _housekeep(pool_ref: weakref.ref[Pool[R]]) -> None:
 
 
 @final
-class _Acquire(Generic[R]):
-    """``with pool.acquire() as resource``: the context manager behind it."""
+class _Acquire(Waiter[R]):
+    """``with pool.acquire() as resource``: the context manager behind it.
 
-    __slots__ = ("_lease", "_pool", "_site_code", "_site_offset", "_slot", "_timeout")
+    It is also the waiter the core queues when nothing is free (its waiter fields are
+    only filled in then), which saves an allocation on the slow path.
+    """
+
+    __slots__ = ("_lease", "_pool", "_slot", "_timeout")
 
     def __init__(
         self,
@@ -579,14 +593,68 @@ class _Acquire(Generic[R]):
     ) -> None:
         self._pool = pool
         self._timeout = timeout
-        self._site_code = site_code
-        self._site_offset = site_offset
+        self.site_code = site_code
+        self.site_offset = site_offset
 
     def __enter__(self) -> R:
-        self._slot, self._lease = self._pool._take(
-            self._timeout, self._site_code, self._site_offset
-        )
-        return self._slot.resource
+        pool = self._pool
+        core = pool._core
+        with pool._lock:
+            now = _monotonic()
+            if core.idle:
+                taken = core.take(now)
+                if taken is not None:
+                    taken.owner = _running_thread(_thread_ident()) or _current_thread()
+                    taken.site_code = self.site_code
+                    taken.site_offset = self.site_offset
+                    self._slot = taken
+                    self._lease = taken.lease
+                    return taken.resource
+            # The slow path. This thread times its own wait (its sleeper's timeout), so
+            # the core is given no deadline.
+            timeout = self._timeout
+            span = pool._wait_span if timeout is DEFAULT else pool._span(timeout)
+            self.since = now
+            self.deadline = _INF
+            self.owner = _running_thread(_thread_ident()) or _current_thread()
+            self.grant = None
+            self.cancelled = False
+            if core._waiting and core.state is OPEN:
+                # PoolCore.acquire()'s way into the line behind those already waiting,
+                # written out (see "Short ways" in _pool_core); with no deadline given to
+                # the core, this waiter is never out of order. It leaves the core nothing
+                # to carry out.
+                core._waiters.append(self)
+                core._waiting += 1
+                core._last_deadline = _INF
+                grant = None
+                busy: object = False
+            else:
+                self.handle = None
+                grant = core.acquire(now, self)
+                busy = core.woken or core.doomed
+            if grant is None:
+                # Asleep on a lock of its own, already held, until a return releases it.
+                sleeper = self.handle = _allocate_lock()
+                sleeper.acquire()
+        if busy:
+            pool._flush()
+        if grant is None:
+            # The first wait, written out: from here to falling asleep is the whole time
+            # between a busy pool's hand-off and the next one.
+            try:
+                woken = sleeper.acquire(timeout=-1 if span == _INF else span)
+            except BaseException:
+                pool._interrupted(self)
+                raise
+            grant = self.grant if woken else pool._timed_out(self)
+        if isinstance(grant, Slot) and not grant.must_check:
+            slot = grant
+        else:
+            slot = pool._acquire_rest(self, grant)
+        self._slot = slot
+        self._lease = slot.lease
+        return slot.resource
 
     def __exit__(
         self,
@@ -595,11 +663,51 @@ class _Acquire(Generic[R]):
         tb: TracebackType | None,
     ) -> None:
         pool = self._pool
-        if exc is None and pool._reset is None:
+        slot = self._slot
+        lease = self._lease
+        if exc is None and slot.lease == lease:
+            reset = pool._reset
+            if reset is not None:
+                try:
+                    reset(slot.resource)
+                except Exception:  # noqa: BLE001 - a failed reset means a broken resource
+                    pool._drop(slot, lease)
+                    return
+                except BaseException:
+                    pool._drop(slot, lease)
+                    raise
             core = pool._core
             with pool._lock:
-                handed_to = core.give_back(self._slot, self._lease, _monotonic())
+                now = _monotonic()
+                if core._waiting and core._smooth and slot.lease == lease and now < slot.fast_until:
+                    # PoolCore.give_back()'s short way straight to the longest waiter,
+                    # written out (see "Short ways"): the hot path of a busy pool.
+                    waiters = core._waiters
+                    waiter = waiters.popleft()
+                    while waiter.cancelled or waiter.grant is not None:
+                        waiter = waiters.popleft()  # a live one exists: _waiting > 0
+                    slot.lease = lease + 2  # the end of one lease, the start of the next
+                    waiter.grant = slot
+                    # Woken first: the waiter reads only its grant and the slot's lease,
+                    # both final now (the rest is bookkeeping, done under the lock, which
+                    # it does not need), and the sooner it runs the sooner the resource
+                    # is at work again.
+                    waiter.handle.release()  # type: ignore[attr-defined]
+                    core._waiting -= 1
+                    if not core._waiting:
+                        core._restabilize()
+                    core.holds.append(now - slot.acquired_at)
+                    slot.idle_since = slot.acquired_at = now
+                    slot.owner = waiter.owner
+                    slot.site_code = waiter.site_code
+                    slot.site_offset = waiter.site_offset
+                    core._slow += 1
+                    core._waits.append(now - waiter.since)
+                    return
+                # Back onto the idle stack, or the long way (never to a waiter: that was
+                # the short way above).
+                handed_to = core.give_back(slot, lease, now)
             if handed_to is not None:
                 pool._carry_out(handed_to)
             return
-        pool._give_back(self._slot, self._lease, exc)
+        pool._give_back(slot, lease, exc)
