@@ -543,7 +543,7 @@ class Pool(PoolShell[R]):
 
 def _sleeper() -> threading.Lock:
     """A lock that is already held: a waiting thread blocks on it until woken."""
-    lock = threading.Lock()
+    lock = _allocate_lock()
     lock.acquire()
     return lock
 
