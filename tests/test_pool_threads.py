@@ -392,6 +392,49 @@ def test_a_waiting_thread_is_woken_by_a_return_from_another() -> None:
         pool.put(held)
 
 
+def test_a_caller_whose_resource_failed_its_check_is_served_by_the_next_return() -> None:
+    """A resource that fails its check is destroyed and its caller waits again, at the
+    head of the line: a resource returned meanwhile goes straight to it, unchecked (it
+    was just in use), and nothing more is created."""
+    made = iter(range(1, 10))
+    things: list[Thing] = []
+    returned = threading.Event()
+
+    def create() -> Thing:
+        things.append(Thing(next(made)))
+        return things[-1]
+
+    def destroy(thing: Thing) -> None:
+        # The caller destroys the resource that failed, in its own thread, before it
+        # waits again: that is when another thread's return comes.
+        if thing.number != 1:
+            return
+        other = threading.Thread(target=lambda: pool.put(second), name="returner")
+        other.start()
+        other.join(GUARD)
+        returned.set()
+
+    pool = tether.Pool(
+        create,
+        destroy=destroy,
+        check=lambda thing: checked.append(thing.number) or thing.number != 1,
+        max_size=2,
+        check_after=0.0,
+        acquire_timeout=GUARD,
+    )
+    checked: list[int] = []
+    with pool:
+        first, second = pool.get(), pool.get()
+        pool.put(first)  # idle, and due for a check that it fails
+        with pool.acquire() as thing:
+            assert thing is second
+            assert returned.is_set()
+        stats = pool.stats()
+    assert [t.number for t in things] == [1, 2]
+    assert checked == [1]
+    assert (stats.check_failures, stats.created) == (1, 2)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_closing_while_threads_wait_fails_every_waiter(seed: int) -> None:
     """Threads queued for a resource when the pool closes all get PoolClosed, and the
