@@ -251,6 +251,14 @@ ONE_AT_A_TIME = {
     plan=[("acquire", None)] * 2 + [("return", 0), ("return", 0), ("acquire", None)],
     opts=ONE_AT_A_TIME,
 )
+@example(  # a resource past its lifetime is not handed over but retired (its fast_until)
+    plan=[("acquire", None), ("acquire", None), ("wait", 3.0), ("return", 0)],
+    opts={**ONE_AT_A_TIME, "max_lifetime": 2.0},
+)
+@example(  # after a broken return the other resource is suspect: checked, not handed over
+    plan=[("acquire", None)] * 4 + [("return broken", 0), ("return", 0)],
+    opts={**ONE_AT_A_TIME, "max_size": 2, "check": True},
+)
 def test_a_busy_threaded_pool_hands_over_as_the_core_would(
     plan: list[tuple[Any, ...]], opts: dict[str, Any]
 ) -> None:
