@@ -195,3 +195,13 @@ def line_of(core: PoolCore[Any]) -> dict[str, Any]:
         "last deadline": core._last_deadline,
         "early": sorted(deadline for deadline, _, _ in core._early),
     }
+
+
+ONE_AT_A_TIME = {
+    "max_size": 1,
+    "check_after": 1.0,
+    "max_lifetime": None,
+    "max_idle": None,
+    "check": False,
+}
+"""Options for the explicit examples: one resource, no lifetime, no check."""

@@ -25,7 +25,16 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import tether
-from short_ways import BusyReference, Clock, an_acquire, busy_step, line_of, options, snapshot
+from short_ways import (
+    ONE_AT_A_TIME,
+    BusyReference,
+    Clock,
+    an_acquire,
+    busy_step,
+    line_of,
+    options,
+    snapshot,
+)
 from tether import _pool
 from tether._pool_core import Slot, Waiter
 
@@ -226,15 +235,6 @@ def busy_side_by_side(
         for caller, _, _ in held:
             caller.manager.__exit__(None, None, None)
         pool.close()
-
-
-ONE_AT_A_TIME = {
-    "max_size": 1,
-    "check_after": 1.0,
-    "max_lifetime": None,
-    "max_idle": None,
-    "check": False,
-}
 
 
 @settings(max_examples=200, deadline=None)
