@@ -1,9 +1,10 @@
-"""What both shells' written-out short ways are compared with: a bare core driven only
-through its methods (see "Short ways" in ``_pool_core``), the plans of steps both go
-through, and what of a core is compared after every step.
+"""What the shells are compared with: a bare core driven only through its methods (see
+"Short ways" in ``_pool_core``), the plans of steps both go through, and what of a core
+is compared after every step.
 
-``test_async_pool_short_ways`` drives an :class:`tether.AsyncPool` and
-``test_pool_short_ways`` a :class:`tether.Pool` next to these references, on one fake
+``test_async_pool_short_ways`` drives an :class:`tether.AsyncPool` (whose context
+manager writes the short ways out) and ``test_pool_threads_hand_over`` a
+:class:`tether.Pool` with real threads in line next to these references, on one fake
 clock.
 """
 
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
+from hypothesis import example
 from hypothesis import strategies as st
 
 from tether._pool_core import CREATE, PoolConfig, PoolCore, Slot, Waiter
@@ -205,3 +208,39 @@ ONE_AT_A_TIME = {
     "check": False,
 }
 """Options for the explicit examples: one resource, no lifetime, no check."""
+
+BUSY_EXAMPLES: list[tuple[str, list[tuple[Any, ...]], dict[str, Any]]] = [
+    (
+        "handed over after time passed: every time the hand-over sets is compared",
+        [("acquire", None), ("acquire", None), ("wait", 1.0), ("return", 0)],
+        ONE_AT_A_TIME,
+    ),
+    (
+        "the caller at the head of the line left: the next one is served instead",
+        [("acquire", None)] * 3 + [("leave the line", 0), ("return", 0)],
+        ONE_AT_A_TIME,
+    ),
+    (
+        "the line empties on a hand-over: the pool is steady again",
+        [("acquire", None)] * 2 + [("return", 0), ("return", 0), ("acquire", None)],
+        ONE_AT_A_TIME,
+    ),
+    (
+        "a resource past its lifetime is not handed over but retired (its fast_until)",
+        [("acquire", None), ("acquire", None), ("wait", 3.0), ("return", 0)],
+        {**ONE_AT_A_TIME, "max_lifetime": 2.0},
+    ),
+    (
+        "after a broken return the other resource is suspect: checked, not handed over",
+        [("acquire", None)] * 4 + [("return broken", 0), ("return", 0)],
+        {**ONE_AT_A_TIME, "max_size": 2, "check": True},
+    ),
+]
+"""Busy plans that random ones find only sometimes, each with why it matters."""
+
+
+def with_busy_examples(test: Callable[..., None]) -> Callable[..., None]:
+    """Run a busy side-by-side test on every one of :data:`BUSY_EXAMPLES` too."""
+    for _, plan, opts in BUSY_EXAMPLES:
+        test = example(plan=plan, opts=opts)(test)
+    return test

@@ -17,11 +17,10 @@ import asyncio
 import contextlib
 from typing import Any
 
-from hypothesis import example, given, settings
+from hypothesis import given, settings
 
 import tether
 from short_ways import (
-    ONE_AT_A_TIME,
     BusyReference,
     Clock,
     Reference,
@@ -30,6 +29,7 @@ from short_ways import (
     options,
     snapshot,
     steps,
+    with_busy_examples,
 )
 from tether import _async_pool
 from tether._pool_core import Slot, Waiter
@@ -184,22 +184,7 @@ async def busy_side_by_side(plan: list[tuple[Any, ...]], opts: dict[str, Any]) -
 
 @settings(max_examples=400, deadline=None)
 @given(plan=busy_steps, opts=options)
-@example(  # handed over after time passed: every time the hand-over sets is compared
-    plan=[("acquire", None), ("acquire", None), ("wait", 1.0), ("return", 0)],
-    opts=ONE_AT_A_TIME,
-)
-@example(  # the caller at the head of the line left: the next one is served instead
-    plan=[("acquire", None)] * 3 + [("leave the line", 0), ("return", 0)],
-    opts=ONE_AT_A_TIME,
-)
-@example(  # a resource past its lifetime is not handed over but retired (its fast_until)
-    plan=[("acquire", None), ("acquire", None), ("wait", 3.0), ("return", 0)],
-    opts={**ONE_AT_A_TIME, "max_lifetime": 2.0},
-)
-@example(  # after a broken return the other resource is suspect: checked, not handed over
-    plan=[("acquire", None)] * 4 + [("return broken", 0), ("return", 0)],
-    opts={**ONE_AT_A_TIME, "max_size": 2, "check": True},
-)
+@with_busy_examples
 def test_a_busy_pool_hands_over_as_the_core_would(
     plan: list[tuple[Any, ...]], opts: dict[str, Any]
 ) -> None:

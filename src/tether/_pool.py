@@ -4,14 +4,6 @@ Every call into the core happens under one lock; everything that may block (crea
 checking, resetting and destroying resources, and waiting) happens outside it. A waiting
 thread sleeps on a lock of its own, which the thread that wakes it releases, so a
 hand-off wakes exactly the thread it is meant for.
-
-In a busy pool the threads take turns with each resource, and the pool serves at the
-pace of its hand-offs: from a return to the waiter's wake-up, and from there to the
-returning thread falling asleep in line again (while it runs, the woken thread waits for
-the interpreter). So the context manager carries out the two steps of a hand-off itself
-(joining the line, a return straight to the longest waiter: see "Short ways" in
-``_pool_core``), wakes the waiter before the bookkeeping, and makes its first wait
-without a further call.
 """
 
 from __future__ import annotations
@@ -36,13 +28,7 @@ R = TypeVar("R")
 _monotonic: Final = time.monotonic
 _getframe: Final = sys._getframe
 _current_thread: Final = threading.current_thread
-_thread_ident: Final = threading.get_ident
-# threading.current_thread() without its Python call (a lookup in the registry of running
-# threads by ident); it still makes the answer for a thread threading did not start.
-_running_threads: Final[dict[int, threading.Thread]] = getattr(threading, "_active", {})
-_running_thread: Final = _running_threads.get
 _new: Final = object.__new__
-_allocate_lock: Final = threading.Lock
 _INF: Final = float("inf")
 
 
@@ -330,23 +316,14 @@ class Pool(PoolShell[R]):
         left = waiter.since + span - _monotonic()
         try:
             woken = sleeper.acquire(timeout=-1 if left == _INF else max(left, 0.0))
-        except BaseException:
-            self._interrupted(waiter)
+        except BaseException:  # KeyboardInterrupt while waiting: give up the place
+            with self._lock:
+                self._core.cancel_wait(waiter, _monotonic(), timed_out=False)
+            self._flush()
             raise
         if woken:
             # Whoever woke us set the grant first, under the lock.
             return waiter.grant
-        return self._timed_out(waiter)
-
-    def _interrupted(self, waiter: _Acquire[R]) -> None:
-        """A waiting thread was interrupted (KeyboardInterrupt): it gives up its place."""
-        with self._lock:
-            self._core.cancel_wait(waiter, _monotonic(), timed_out=False)
-        self._flush()
-
-    def _timed_out(self, waiter: _Acquire[R]) -> Slot[R] | _Create | BaseException | None:
-        """A waiting thread's sleep timed out: a grant that came just then is taken, else
-        it leaves the line with :class:`~tether.PoolTimeout`."""
         with self._lock:
             if waiter.grant is not None:
                 return waiter.grant
@@ -543,7 +520,7 @@ class Pool(PoolShell[R]):
 
 def _sleeper() -> threading.Lock:
     """A lock that is already held: a waiting thread blocks on it until woken."""
-    lock = _allocate_lock()
+    lock = threading.Lock()
     lock.acquire()
     return lock
 
@@ -604,7 +581,7 @@ class _Acquire(Waiter[R]):
             if core.idle:
                 taken = core.take(now)
                 if taken is not None:
-                    taken.owner = _running_thread(_thread_ident()) or _current_thread()
+                    taken.owner = _current_thread()
                     taken.site_code = self.site_code
                     taken.site_offset = self.site_offset
                     self._slot = taken
@@ -612,46 +589,19 @@ class _Acquire(Waiter[R]):
                     return taken.resource
             # The slow path. This thread times its own wait (its sleeper's timeout), so
             # the core is given no deadline.
-            timeout = self._timeout
-            span = pool._wait_span if timeout is DEFAULT else pool._span(timeout)
             self.since = now
             self.deadline = _INF
-            self.owner = _running_thread(_thread_ident()) or _current_thread()
+            self.owner = _current_thread()
+            self.handle = None
             self.grant = None
             self.cancelled = False
-            if core._waiting and core.state is OPEN:
-                # PoolCore.acquire()'s way into the line behind those already waiting,
-                # written out (see "Short ways" in _pool_core); with no deadline given to
-                # the core, this waiter is never out of order. It leaves the core nothing
-                # to carry out.
-                core._waiters.append(self)
-                core._waiting += 1
-                core._last_deadline = _INF
-                grant = None
-                busy: object = False
-            else:
-                self.handle = None
-                grant = core.acquire(now, self)
-                busy = core.woken or core.doomed
+            grant = core.acquire(now, self)
             if grant is None:
-                # Asleep on a lock of its own, already held, until a return releases it.
-                sleeper = self.handle = _allocate_lock()
-                sleeper.acquire()
+                self.handle = _sleeper()
+            busy = core.woken or core.doomed
         if busy:
             pool._flush()
-        if grant is None:
-            # The first wait, written out: from here to falling asleep is the whole time
-            # between a busy pool's hand-off and the next one.
-            try:
-                woken = sleeper.acquire(timeout=-1 if span == _INF else span)
-            except BaseException:
-                pool._interrupted(self)
-                raise
-            grant = self.grant if woken else pool._timed_out(self)
-        if isinstance(grant, Slot) and not grant.must_check:
-            slot = grant
-        else:
-            slot = pool._acquire_rest(self, grant)
+        slot = pool._acquire_rest(self, grant)
         self._slot = slot
         self._lease = slot.lease
         return slot.resource
@@ -663,51 +613,11 @@ class _Acquire(Waiter[R]):
         tb: TracebackType | None,
     ) -> None:
         pool = self._pool
-        slot = self._slot
-        lease = self._lease
-        if exc is None and slot.lease == lease:
-            reset = pool._reset
-            if reset is not None:
-                try:
-                    reset(slot.resource)
-                except Exception:  # noqa: BLE001 - a failed reset means a broken resource
-                    pool._drop(slot, lease)
-                    return
-                except BaseException:
-                    pool._drop(slot, lease)
-                    raise
+        if exc is None and pool._reset is None:
             core = pool._core
             with pool._lock:
-                now = _monotonic()
-                if core._waiting and core._smooth and slot.lease == lease and now < slot.fast_until:
-                    # PoolCore.give_back()'s short way straight to the longest waiter,
-                    # written out (see "Short ways"): the hot path of a busy pool.
-                    waiters = core._waiters
-                    waiter = waiters.popleft()
-                    while waiter.cancelled or waiter.grant is not None:
-                        waiter = waiters.popleft()  # a live one exists: _waiting > 0
-                    slot.lease = lease + 2  # the end of one lease, the start of the next
-                    waiter.grant = slot
-                    # Woken first: the waiter reads only its grant and the slot's lease,
-                    # both final now (the rest is bookkeeping, done under the lock, which
-                    # it does not need), and the sooner it runs the sooner the resource
-                    # is at work again.
-                    waiter.handle.release()  # type: ignore[attr-defined]
-                    core._waiting -= 1
-                    if not core._waiting:
-                        core._restabilize()
-                    core.holds.append(now - slot.acquired_at)
-                    slot.idle_since = slot.acquired_at = now
-                    slot.owner = waiter.owner
-                    slot.site_code = waiter.site_code
-                    slot.site_offset = waiter.site_offset
-                    core._slow += 1
-                    core._waits.append(now - waiter.since)
-                    return
-                # Back onto the idle stack, or the long way (never to a waiter: that was
-                # the short way above).
-                handed_to = core.give_back(slot, lease, now)
+                handed_to = core.give_back(self._slot, self._lease, _monotonic())
             if handed_to is not None:
                 pool._carry_out(handed_to)
             return
-        pool._give_back(slot, lease, exc)
+        pool._give_back(self._slot, self._lease, exc)

@@ -54,10 +54,9 @@ waiter while the pool is smooth (open, within ``max_size``, no ``max_uses`` to c
 :meth:`PoolCore.take`, :meth:`PoolCore.acquire` and :meth:`PoolCore.give_back` carry out
 those answers and stay the reference. The async shell, whose whole fast path costs about
 as much as five Python calls, writes these four short ways out in its context manager
-instead of calling them; the threaded shell writes out the two of a busy pool, where the
-time from one hand-off to the next is what a contended pool of threads serves at. The
-same conditions, the same steps, nothing decided anew (tests drive each shell and a bare
-core side by side and compare every field). Everything else goes through the methods.
+instead of calling them: the same conditions, the same steps, nothing decided anew (tests
+drive a pool and a bare core side by side, idle and busy, and compare every field).
+Everything else goes through the methods.
 
 Failing and recovering
 ----------------------

@@ -1,13 +1,12 @@
-"""The threaded shell's written-out short ways decide exactly what the core would.
+"""A busy ``Pool`` hands over with real threads exactly what its core decides.
 
-``Pool``'s context manager carries out the way of :meth:`PoolCore.acquire` into the line
-of waiters and the short way of :meth:`PoolCore.give_back` straight to the longest waiter
-itself, without calling them (see "Short ways" in ``_pool_core``). Here a pool, with real
-threads waiting in its line, and a bare core (the reference, driven only through its
-methods) go through the same random sequence of acquires, returns, broken returns,
-callers leaving the line, time passing and housekeeping on one fake clock; after every
-step the slots, the idle stack, the line of waiters, the recent holds and waits and the
-statistics must be the same in both.
+A pool, with real threads waiting in its line, and a bare core (the reference, driven
+only through its methods) go through the same random sequence of acquires, returns,
+broken returns, callers leaving the line, time passing and housekeeping on one fake
+clock; after every step the slots, the idle stack, the line of waiters, the recent holds
+and waits and the statistics must be the same in both, the callers served must be the
+ones at the head of the line, and each resource must be held by the thread it was
+handed to, with that thread's own line of code.
 
 A waiting thread sleeps on a stand-in for its lock that the test can interrupt, which is
 how a caller leaves the line here (as a ``KeyboardInterrupt`` would make it); the sync
@@ -21,12 +20,11 @@ import time
 from typing import Any
 
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tether
 from short_ways import (
-    ONE_AT_A_TIME,
     BusyReference,
     Clock,
     an_acquire,
@@ -34,6 +32,7 @@ from short_ways import (
     line_of,
     options,
     snapshot,
+    with_busy_examples,
 )
 from tether import _pool
 from tether._pool_core import Slot, Waiter
@@ -91,6 +90,13 @@ SITES = (
 )
 
 
+def held_sleeper() -> Sleeper:
+    """What the pool's ``_sleeper()`` makes, with the stand-in: already held."""
+    sleeper = Sleeper()
+    sleeper.acquire()
+    return sleeper
+
+
 class Caller:
     """A thread entering ``manager``: it holds the resource once it is through."""
 
@@ -134,7 +140,7 @@ def open_pool(
 ) -> tuple[Clock, tether.Pool[object], bool]:
     clock = Clock()
     monkeypatch.setattr(_pool, "_monotonic", clock)
-    monkeypatch.setattr(_pool, "_allocate_lock", Sleeper)
+    monkeypatch.setattr(_pool, "_sleeper", held_sleeper)
     check = opts.pop("check")
     pool = tether.Pool(
         object,
@@ -239,32 +245,12 @@ def busy_side_by_side(
 
 @settings(max_examples=200, deadline=None)
 @given(plan=crowded_steps, opts=small_options)
-@example(  # handed over after time passed: every time the hand-over sets is compared
-    plan=[("acquire", None), ("acquire", None), ("wait", 1.0), ("return", 0)],
-    opts=ONE_AT_A_TIME,
-)
-@example(  # the caller at the head of the line left: the next one is served instead
-    plan=[("acquire", None)] * 3 + [("leave the line", 0), ("return", 0)],
-    opts=ONE_AT_A_TIME,
-)
-@example(  # the line empties on a hand-over: the pool is steady again
-    plan=[("acquire", None)] * 2 + [("return", 0), ("return", 0), ("acquire", None)],
-    opts=ONE_AT_A_TIME,
-)
-@example(  # a resource past its lifetime is not handed over but retired (its fast_until)
-    plan=[("acquire", None), ("acquire", None), ("wait", 3.0), ("return", 0)],
-    opts={**ONE_AT_A_TIME, "max_lifetime": 2.0},
-)
-@example(  # after a broken return the other resource is suspect: checked, not handed over
-    plan=[("acquire", None)] * 4 + [("return broken", 0), ("return", 0)],
-    opts={**ONE_AT_A_TIME, "max_size": 2, "check": True},
-)
+@with_busy_examples
 def test_a_busy_threaded_pool_hands_over_as_the_core_would(
     plan: list[tuple[Any, ...]], opts: dict[str, Any]
 ) -> None:
-    """With threads waiting in line, the shell's written-out ways into the line and
-    straight to the longest waiter leave the core exactly as acquire() and give_back()
-    would, through hand-offs, callers leaving the line, broken returns, expiries and
-    housekeeping."""
+    """With threads waiting in line, the pool leaves its core exactly as a core driven
+    through its methods, and wakes the threads the core served, through hand-offs,
+    callers leaving the line, broken returns, expiries and housekeeping."""
     with pytest.MonkeyPatch.context() as monkeypatch:
         busy_side_by_side(plan, dict(opts), monkeypatch)
