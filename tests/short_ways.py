@@ -102,14 +102,22 @@ class Reference:
                 # Queued behind an expired resource the core retired: destroying it made
                 # room, and the waiter was granted a creation.
                 grant = waiter.grant
-            if grant is CREATE:
-                grant = core.created(object(), now, waiter)
-                self.settle(now)
-            assert isinstance(grant, Slot)
-            slot = grant
-            if check and core.needs_check(slot, now):
-                core.check_passed(slot, now)
+            slot = self.receive(waiter, grant, now, check)
         return slot, slot.lease
+
+    def receive(
+        self, waiter: Waiter[object], grant: object, now: float, check: bool
+    ) -> Slot[object]:
+        """What a caller granted ``grant`` ends up holding: it creates a resource on a
+        permit, and checks one that needs it."""
+        core = self.core
+        if grant is CREATE:
+            grant = core.created(object(), now, waiter)
+            self.settle(now)
+        assert isinstance(grant, Slot)
+        if check and core.needs_check(grant, now):
+            core.check_passed(grant, now)
+        return grant
 
     def give_back(self, slot: Slot[object], lease: int, now: float) -> None:
         self.core.give_back(slot, lease, now)
@@ -165,28 +173,16 @@ class BusyReference(Reference):
         if grant is None:
             self.line.append(waiter)
             return waiter
-        if grant is CREATE:
-            grant = core.created(object(), now, waiter)
-            self.settle(now)
-        assert isinstance(grant, Slot)
-        if check and core.needs_check(grant, now):
-            core.check_passed(grant, now)
-        return grant, grant.lease
+        slot = self.receive(waiter, grant, now, check)
+        return slot, slot.lease
 
     def served(self, now: float, check: bool) -> list[tuple[Slot[object], int]]:
         """The callers in line that were granted something, in line order."""
-        core = self.core
         served = []
         while self.line and self.line[0].grant is not None:
             waiter = self.line.pop(0)
-            grant = waiter.grant
-            if grant is CREATE:
-                grant = core.created(object(), now, waiter)
-                self.settle(now)
-            assert isinstance(grant, Slot)
-            if check and core.needs_check(grant, now):
-                core.check_passed(grant, now)
-            served.append((grant, grant.lease))
+            slot = self.receive(waiter, waiter.grant, now, check)
+            served.append((slot, slot.lease))
         return served
 
 

@@ -55,6 +55,21 @@ async def open_pool(opts: dict[str, Any]) -> tuple[Clock, tether.AsyncPool[objec
     return clock, pool, check
 
 
+async def give_back(
+    holding: tuple[Any, Slot[object], int], how: str, reference: Reference, now: float
+) -> None:
+    """A "return" or "return broken" step: the pool's holder and the reference give back
+    the same resource the same way."""
+    manager, slot, lease = holding
+    if how == "return":
+        await manager.__aexit__(None, None, None)
+        reference.give_back(slot, lease, now)
+    else:
+        error = RuntimeError("broken")
+        await manager.__aexit__(RuntimeError, error, None)
+        reference.give_back_broken(slot, lease, now)
+
+
 async def side_by_side(plan: list[tuple[Any, ...]], opts: dict[str, Any]) -> None:
     clock, pool, check = await open_pool(opts)
     reference = Reference(pool._core.config)
@@ -71,14 +86,7 @@ async def side_by_side(plan: list[tuple[Any, ...]], opts: dict[str, Any]) -> Non
             elif step[0] in ("return", "return broken"):
                 if not held:
                     continue
-                manager, slot, lease = held.pop(step[1] % len(held))
-                if step[0] == "return":
-                    await manager.__aexit__(None, None, None)
-                    reference.give_back(slot, lease, now)
-                else:
-                    error = RuntimeError("broken")
-                    await manager.__aexit__(RuntimeError, error, None)
-                    reference.give_back_broken(slot, lease, now)
+                await give_back(held.pop(step[1] % len(held)), step[0], reference, now)
             elif step[0] == "wait":
                 clock.now += step[1]
             else:
@@ -146,14 +154,7 @@ async def busy_side_by_side(plan: list[tuple[Any, ...]], opts: dict[str, Any]) -
             elif step[0] in ("return", "return broken"):
                 if not held:
                     continue
-                manager, slot, lease = held.pop(step[1] % len(held))
-                if step[0] == "return":
-                    await manager.__aexit__(None, None, None)
-                    reference.give_back(slot, lease, now)
-                else:
-                    error = RuntimeError("broken")
-                    await manager.__aexit__(RuntimeError, error, None)
-                    reference.give_back_broken(slot, lease, now)
+                await give_back(held.pop(step[1] % len(held)), step[0], reference, now)
             elif step[0] == "leave the line":
                 if not line:
                     continue
