@@ -476,6 +476,10 @@ async def test_unreachable_targets_fail_promptly_naming_the_pool(
     [
         ("psycopg-threads", "postgresql://[bad", r"dsn is not a valid PostgreSQL connection"),
         ("psycopg", "host=127.0.0.1 port", r"dsn is not a valid PostgreSQL connection"),
+        ("psycopg-threads", "postgresql://u@h:5432:99/db", r"invalid port '5432:99'"),
+        ("psycopg", "host=h port=70000", r"invalid port '70000': a number from 1 to 65535"),
+        ("psycopg", "host=h port=0", r"invalid port '0'"),
+        ("psycopg", "host=a,b,c port=5432,5433", r"2 ports given for 3 hosts"),
         ("asyncpg", "postgresql://[bad", r"dsn is not a valid PostgreSQL connection"),
         ("asyncpg", "postgresql://u@h:port/db", r"dsn is not a valid.*port"),
         ("asyncpg", "mysql://u@h/db", r"asyncpg needs a postgresql:// URL, got scheme 'mysql'"),
@@ -592,6 +596,22 @@ def test_default_name_describes_the_server_without_secrets() -> None:
         "postgres alice@db.example/shop",
         "postgres",
     )
+
+
+@pytest.mark.parametrize(
+    ("dsn", "name"),
+    [
+        ("host=a,b port=5432,5433 dbname=shop", "postgres a,b:5432,5433/shop"),
+        ("host=a,b port=6432", "postgres a,b:6432"),
+        ("postgresql://u@h1:5432,h2:5433/db", "postgres u@h1,h2:5432,5433/db"),
+        ("host=a,b port=,5433", "postgres a,b:,5433"),
+        ("host=/run/postgresql port=5433", "postgres /run/postgresql:5433"),
+    ],
+)
+def test_ports_libpq_accepts_are_accepted(dsn: str, name: str) -> None:
+    """Several hosts with one port each, one port for all of them, or a default (empty)
+    port in the list: what libpq accepts is not refused."""
+    assert tether.postgres.pool(dsn).name == name
 
 
 def test_sync_configure_runs_on_each_new_connection(postgres_dsn: str) -> None:

@@ -312,10 +312,30 @@ def _libpq_parts(dsn: object, name: str | None) -> dict[str, str]:
     from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415 - same
 
     try:
-        parts = conninfo_to_dict(dsn)
+        given = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
         raise _invalid_dsn(name, str(exc).strip()) from exc
-    return {key: str(value) for key, value in parts.items() if value is not None}
+    parts = {key: str(value) for key, value in given.items() if value is not None}
+    problem = _port_problem(parts)
+    if problem is not None:
+        raise _invalid_dsn(name, problem)
+    return parts
+
+
+def _port_problem(parts: Mapping[str, str]) -> str | None:
+    """What libpq would refuse in the ports only when connecting (its parser lets them
+    through): a port that is not a number from 1 to 65535, or a list of ports that does
+    not match the list of hosts."""
+    if "port" not in parts:
+        return None
+    ports = [port.strip() for port in parts["port"].split(",")]
+    for port in ports:
+        if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            return f"invalid port {port!r}: a number from 1 to 65535 is needed"
+    hosts = parts.get("host") or parts.get("hostaddr") or ""
+    if len(ports) > 1 and len(ports) != len(hosts.split(",")):
+        return f"{len(ports)} ports given for {len(hosts.split(','))} hosts"
+    return None
 
 
 def _url_parts(dsn: object, name: str | None) -> dict[str, str]:
