@@ -482,6 +482,9 @@ async def test_unreachable_targets_fail_promptly_naming_the_pool(
         ("psycopg", "host=a,b,c port=5432,5433", r"2 ports given for 3 hosts"),
         ("asyncpg", "postgresql://[bad", r"dsn is not a valid PostgreSQL connection"),
         ("asyncpg", "postgresql://u@h:port/db", r"dsn is not a valid.*port"),
+        ("asyncpg", "postgresql://u@h:0/db", r"invalid port '0': a number from 1 to 65535"),
+        ("asyncpg", "postgresql://u@h1:5432,h2:x/db", r"invalid port 'x'"),
+        ("asyncpg", "postgresql://u@[::1]x/db", r"invalid IPv6 address '\[::1\]x'"),
         ("asyncpg", "mysql://u@h/db", r"asyncpg needs a postgresql:// URL, got scheme 'mysql'"),
         ("asyncpg", "host=127.0.0.1", r"got scheme 'none'"),
     ],
@@ -612,6 +615,46 @@ def test_ports_libpq_accepts_are_accepted(dsn: str, name: str) -> None:
     """Several hosts with one port each, one port for all of them, or a default (empty)
     port in the list: what libpq accepts is not refused."""
     assert tether.postgres.pool(dsn).name == name
+
+
+@pytest.mark.parametrize(
+    ("dsn", "name"),
+    [
+        ("postgresql://u@h1:5432,h2:5433/db", "postgres u@h1,h2:5432,5433/db"),
+        ("postgresql://h1,h2:5433/db", "postgres h1,h2:,5433/db"),
+        ("postgresql://u:p%40ss@[::1]:6432/db", "postgres u@::1:6432/db"),
+        ("postgres://u%40corp@Db.Example/shop", "postgres u@corp@Db.Example/shop"),
+        ("postgresql:///shop", "postgres /shop"),
+    ],
+)
+def test_urls_asyncpg_accepts_are_accepted(dsn: str, name: str) -> None:
+    """asyncpg's URLs may list several hosts, each with a port or none, and bracket IPv6
+    addresses: the pool takes them, and names itself after them (never the password)."""
+    assert tether.postgres.async_pool(dsn).name == name
+
+
+@pytest.mark.parametrize("driver", ["psycopg-threads", "psycopg", "asyncpg"])
+def test_a_dsn_with_several_hosts_connects_to_one_that_answers(
+    postgres_dsn: str, driver: str
+) -> None:
+    """The first host of the list refuses connections (a closed port): the driver moves on
+    to the next, and the pool serves."""
+    url = urlsplit(postgres_dsn)
+    user = f"{url.username}@" if url.username else ""
+    dsn = f"{url.scheme}://{user}127.0.0.1:1,{url.hostname}:{url.port or 5432}{url.path}"
+    if driver == "psycopg-threads":
+        with tether.postgres.pool(dsn, max_size=1) as pool, pool.acquire() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        return
+
+    async def main() -> object:
+        async with tether.postgres.async_pool(dsn, driver=driver, max_size=1) as apool:  # type: ignore[call-overload]
+            async with apool.acquire() as conn:
+                if driver == "asyncpg":
+                    return await conn.fetchval("SELECT 1")
+                return (await (await conn.execute("SELECT 1")).fetchone())[0]
+
+    assert asyncio.run(main()) == 1
 
 
 def test_sync_configure_runs_on_each_new_connection(postgres_dsn: str) -> None:

@@ -330,31 +330,57 @@ def _port_problem(parts: Mapping[str, str]) -> str | None:
         return None
     ports = [port.strip() for port in parts["port"].split(",")]
     for port in ports:
-        if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
-            return f"invalid port {port!r}: a number from 1 to 65535 is needed"
+        if not _valid_port(port):
+            return _invalid_port(port)
     hosts = parts.get("host") or parts.get("hostaddr") or ""
     if len(ports) > 1 and len(ports) != len(hosts.split(",")):
         return f"{len(ports)} ports given for {len(hosts.split(','))} hosts"
     return None
 
 
+def _valid_port(port: str) -> bool:
+    """A port number from 1 to 65535, or nothing (the default port)."""
+    return not port or (port.isascii() and port.isdigit() and 0 < int(port) < 65536)
+
+
+def _invalid_port(port: str) -> str:
+    return f"invalid port {port!r}: a number from 1 to 65535 is needed"
+
+
 def _url_parts(dsn: object, name: str | None) -> dict[str, str]:
-    """The parts of a ``postgresql://`` URL, checked as asyncpg will check them."""
+    """The parts of a ``postgresql://`` URL, checked as asyncpg will check them: one host
+    or several (``h1:5432,h2:5433``), each with its own port or none."""
     if not isinstance(dsn, str):
         raise TypeError(f"dsn must be a str, not {type(dsn).__name__}")
     try:
         url = urlsplit(dsn)
-        port = url.port
     except ValueError as exc:
         raise _invalid_dsn(name, str(exc)) from exc
     if url.scheme not in ("postgresql", "postgres"):
         raise _invalid_dsn(
             name, f"asyncpg needs a postgresql:// URL, got scheme {url.scheme or 'none'!r}"
         )
+    userinfo, at, hostlist = url.netloc.partition("@")
+    if not at:
+        userinfo, hostlist = "", url.netloc
+    hosts: list[str] = []
+    ports: list[str] = []
+    for spec in hostlist.split(",") if hostlist else []:
+        if spec.startswith("["):  # [IPv6 address], then perhaps :port
+            address, bracket, rest = spec[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise _invalid_dsn(name, f"invalid IPv6 address {spec!r}")
+            host, port = address, rest[1:]
+        else:
+            host, _, port = spec.partition(":")
+        if not _valid_port(port):
+            raise _invalid_dsn(name, _invalid_port(port))
+        hosts.append(unquote(host))
+        ports.append(port)
     parts = {
-        "user": unquote(url.username or ""),
-        "host": unquote(url.hostname or ""),
-        "port": "" if port is None else str(port),
+        "user": unquote(userinfo.partition(":")[0]),
+        "host": ",".join(hosts),
+        "port": ",".join(ports) if any(ports) else "",
         "dbname": unquote(url.path.lstrip("/")),
     }
     return {key: value for key, value in parts.items() if value}
