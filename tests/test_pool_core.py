@@ -32,7 +32,7 @@ from hypothesis.stateful import (
 )
 
 from tether import PoolClosed, PoolTimeout, PoolUnavailable, _pool_core
-from tether._pool_core import CREATE, PoolConfig, PoolCore, PoolState, Slot, Waiter
+from tether._pool_core import CREATE, TIMED_OUT, PoolConfig, PoolCore, PoolState, Slot, Waiter
 
 
 @dataclass(eq=False)
@@ -513,6 +513,32 @@ def test_waiters_timed_out_together_share_one_description_of_the_pool(
         assert error.stats.timeouts == 50
         assert error.stats.waiting == 0
     assert summaries == 2  # the waits and the holds, once for all fifty
+
+
+def test_expire_without_describing_leaves_the_errors_to_the_waiters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """expire(describe=False), for the threaded shell: the waiters whose deadline passed
+    leave the line, counted as timeouts, and are woken with TIMED_OUT; the pool is not
+    described (no holder's line number looked up), since each waiter builds its error
+    itself; a waiter whose deadline is still ahead keeps its place, and its deadline is
+    the next one."""
+    core = bare_core("described later", min_size=0, max_size=1)
+    first = Waiter[object](None, "holder", None, 0, 0.0)
+    assert core.acquire(0.0, first) is CREATE
+    core.created(object(), 0.0, first)
+    core.woken.clear()
+    late = [Waiter[object](None, n, None, 0, 1.0, deadline=2.0) for n in range(3)]
+    patient = Waiter[object](None, "patient", None, 0, 1.0, deadline=9.0)
+    for waiter in [*late, patient]:
+        assert core.acquire(1.0, waiter) is None
+    monkeypatch.setattr(_pool_core, "code_site", None)  # describing would fail
+    assert core.expire(3.0, describe=False) == 9.0
+    assert [waiter.grant for waiter in late] == [TIMED_OUT] * 3
+    assert core.woken == late
+    assert patient.grant is None
+    stats = core.stats()
+    assert (stats.timeouts, stats.waiting) == (3, 1)
 
 
 @pytest.mark.parametrize("gave_up_by", ["timeout", "cancellation"])

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import random
+import select
+import signal
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -304,31 +307,184 @@ def test_holders_describes_them_without_holding_the_pool_lock(
     assert all("test_pool_threads.py:" in holder.site for holder in holders)
 
 
+@pytest.mark.parametrize("timeout", [0.01, 0.0], ids=["timed out in line", "no wait at all"])
 def test_a_timeout_describes_the_pool_without_holding_its_lock(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, timeout: float
 ) -> None:
     """A PoolTimeout names the holders and carries the statistics; the thread that timed
-    out builds them after letting go of the pool's lock, so that an overloaded pool's
-    timeouts do not hold up the threads still being served."""
+    out builds them after letting go of the pool's lock (the timekeeper only wakes it),
+    so that an overloaded pool's timeouts do not hold up the threads still being
+    served."""
     pool = tether.Pool(lambda: Thing(0), max_size=1)
     under_lock: list[bool] = []
+    described_under_lock: list[bool] = []
     real_of = tether.DurationSummary.of
+    real_code_site = _pool_core.code_site
 
     def watching_of(*args: Any, **kwargs: Any) -> Any:
         under_lock.append(pool._lock.locked())
         return real_of(*args, **kwargs)
 
+    def watching_code_site(*args: Any) -> Any:
+        described_under_lock.append(pool._lock.locked())
+        return real_code_site(*args)
+
     monkeypatch.setattr(tether.DurationSummary, "of", watching_of)
+    monkeypatch.setattr(_pool_core, "code_site", watching_code_site)
     with pool, pool.acquire() as held:
         with pytest.raises(tether.PoolTimeout) as caught:
-            with pool.acquire(timeout=0.01):
+            with pool.acquire(timeout=timeout):
                 pass  # pragma: no cover - never reached
     assert [holder.resource for holder in caught.value.holders] == [held]
+    assert described_under_lock == [False]
     assert under_lock == []  # nothing summarised until somebody reads the statistics
     stats = caught.value.stats
     assert stats is not None
     assert stats.timeouts == 1
     assert under_lock == [False, False]
+
+
+def _wait_in_line(pool: tether.Pool[Any], name: str, **timeout: float | None) -> Any:
+    """A thread that gets a resource from ``pool`` (with ``timeout=...`` if given), once
+    it has joined the line; what it got (the resource, or the PoolTimeout) and how long it
+    took are in ``.outcome`` once it ends."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        started = time.monotonic()
+        try:
+            outcome.append(pool.get(**timeout))
+        except tether.PoolTimeout as error:
+            outcome.append(error)
+        outcome.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.outcome = outcome  # type: ignore[attr-defined]
+    waiting = pool.stats().waiting
+    thread.start()
+    deadline = time.monotonic() + GUARD
+    while pool.stats().waiting == waiting and thread.is_alive():
+        assert time.monotonic() < deadline, "the thread never joined the line"
+        time.sleep(0.001)
+    return thread
+
+
+def _timekeepers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.endswith(" timekeeper")]
+
+
+def test_each_waiter_times_out_at_its_own_deadline() -> None:
+    """Waiting threads sleep without a timeout of their own; the pool's timekeeper wakes
+    each at its deadline: one that joins the line behind a longer-waiting caller, with a
+    shorter timeout, times out first, and the other is still served."""
+    with tether.Pool(lambda: Thing(1), max_size=1, acquire_timeout=0.4) as pool:
+        held = pool.get()
+        patient = _wait_in_line(pool, "patient", timeout=30.0)
+        hasty = _wait_in_line(pool, "hasty", timeout=0.05)
+        default = _wait_in_line(pool, "default")  # the pool's acquire_timeout
+        hasty.join(GUARD)
+        error, waited = hasty.outcome
+        assert isinstance(error, tether.PoolTimeout)
+        assert 0.05 <= waited < 0.4
+        assert patient.is_alive()
+        default.join(GUARD)
+        error, waited = default.outcome
+        assert isinstance(error, tether.PoolTimeout)
+        assert 0.4 <= waited < GUARD
+        assert patient.is_alive()
+        pool.put(held)
+        patient.join(GUARD)
+        assert patient.outcome[0] is held
+        pool.put(held)
+        stats = pool.stats()
+    assert (stats.timeouts, stats.waiting) == (2, 0)
+
+
+def test_the_timekeeper_starts_with_the_first_timed_wait_and_ends_with_the_pool() -> None:
+    """A pool whose callers never wait (or wait without a deadline) runs no timekeeper;
+    the first wait with a deadline starts it, and closing the pool ends it."""
+    before = _timekeepers()
+    pool = tether.Pool(lambda: Thing(1), max_size=1, acquire_timeout=None, name="keeper")
+    with pool:
+        pool.put(pool.get())
+        held = pool.get()
+        untimed = _wait_in_line(pool, "untimed", timeout=None)
+        assert _timekeepers() == before
+        with pytest.raises(tether.PoolTimeout):
+            pool.get(timeout=0.01)
+        [timekeeper] = [t for t in _timekeepers() if t not in before]
+        assert timekeeper.name == "tether pool 'keeper' timekeeper"
+        pool.put(held)
+        untimed.join(GUARD)
+        pool.put(untimed.outcome[0])
+    assert not timekeeper.is_alive()
+
+
+def test_a_timekeeper_that_cannot_start_leaves_no_one_in_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If the timekeeper's thread cannot start (at interpreter shutdown, or out of
+    threads), the caller that needed it gets that error and leaves the line: the next
+    resource returned is not handed to a caller that is gone."""
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name.endswith(" timekeeper"):
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    with tether.Pool(lambda: Thing(1), max_size=1) as pool:
+        held = pool.get()
+        monkeypatch.setattr(threading.Thread, "start", start)
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            pool.get(timeout=5.0)
+        assert pool.stats().waiting == 0
+        monkeypatch.undo()
+        pool.put(held)
+        assert pool.get(timeout=0) is held
+        pool.put(held)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX only")
+def test_a_forked_child_times_out_its_own_waiters() -> None:
+    """The child of a fork has no timekeeper (threads do not survive a fork): its first
+    wait with a deadline starts one of its own, and the wait times out on time."""
+    with tether.Pool(lambda: Thing(1), max_size=1) as pool:
+        held = pool.get()
+        with pytest.raises(tether.PoolTimeout):
+            pool.get(timeout=0.01)  # the parent's timekeeper is running now
+        read_end, write_end = os.pipe()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about fork() in a process with threads.
+            warnings.filterwarnings("ignore", "This process .* is multi-threaded")
+            child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child, which leaves with _exit
+            report = b"nothing"
+            try:
+                first = pool.get()
+                started = time.monotonic()
+                try:
+                    pool.get(timeout=0.05)
+                except tether.PoolTimeout:
+                    report = f"timed out after {time.monotonic() - started:.3f}".encode()
+                pool.put(first)
+            except BaseException as error:
+                report = repr(error).encode()
+            finally:
+                os.write(write_end, report)
+                os._exit(0)
+        os.close(write_end)
+        try:
+            ready, _, _ = select.select([read_end], [], [], GUARD)
+            report = os.read(read_end, 200) if ready else b"the child hung"
+        finally:
+            if not ready:
+                os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            os.close(read_end)
+        pool.put(held)
+    assert report.startswith(b"timed out after "), report
+    assert float(report.split()[-1]) < GUARD
 
 
 def test_close_does_not_wait_for_the_housekeepers_next_round() -> None:

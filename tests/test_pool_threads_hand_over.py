@@ -9,8 +9,9 @@ ones at the head of the line, and each resource must be held by the thread it wa
 handed to, with that thread's own line of code.
 
 A waiting thread sleeps on a stand-in for its lock that the test can interrupt, which is
-how a caller leaves the line here (as a ``KeyboardInterrupt`` would make it); the sync
-shell times its waits itself, so its waiters reach the core with no deadline.
+how a caller leaves the line here (as a ``KeyboardInterrupt`` would make it). The
+waiters' deadlines are the core's to keep, as in the reference; the pool's timekeeper
+does not run (the timeouts are too long to pass on the fake clock anyway).
 """
 
 from __future__ import annotations
@@ -150,8 +151,10 @@ def open_pool(
         **opts,
     )
     pool._core._jitter = lambda: 0.5
-    # No housekeeper: its rounds are steps of the plan.
+    # No housekeeper: its rounds are steps of the plan. No timekeeper either: it would
+    # look at the core from a thread of its own, at any moment.
     monkeypatch.setattr(pool, "_start_housekeeper", lambda: None)
+    monkeypatch.setattr(pool, "_call_timekeeper", lambda waiter: None)
     pool.open()
     return clock, pool, check
 
@@ -186,8 +189,7 @@ def busy_side_by_side(
                     continue
                 caller = Caller(pool, step[1], number)
                 through = caller.settled()
-                # The shell gives the core no deadline: it times its waits itself.
-                queued = reference.enqueue(now, None, check)
+                queued = reference.enqueue(now, step[1], check)
                 if isinstance(queued, Waiter):
                     assert not through
                     line.append(caller)

@@ -4,6 +4,14 @@ Every call into the core happens under one lock; everything that may block (crea
 checking, resetting and destroying resources, and waiting) happens outside it. A waiting
 thread sleeps on a lock of its own, which the thread that wakes it releases, so a
 hand-off wakes exactly the thread it is meant for.
+
+A waiting thread sleeps without a timeout: the core keeps its deadline, and one
+background thread per pool (the timekeeper, started by the first wait that has a
+deadline) wakes the waiters whose deadline passes, and each builds its PoolTimeout itself.
+A timed sleep makes the kernel arm and cancel a timer for every wait, which cost a busy
+pool of database connections about 5 % of its queries per second on a virtual machine
+(``benchmarks/bench_postgres.py``, see DEVELOPERS.md); with one timer for the whole
+line, nothing is paid per wait.
 """
 
 from __future__ import annotations
@@ -17,7 +25,16 @@ from types import CodeType, TracebackType
 from typing import Final, TypeVar, cast, final
 
 from ._pool_base import DEFAULT, PoolShell, logger
-from ._pool_core import CLOSED, CREATE, OPEN, Slot, Waiter, _Create, timeout_or_none
+from ._pool_core import (
+    CLOSED,
+    CREATE,
+    OPEN,
+    TIMED_OUT,
+    Slot,
+    Waiter,
+    _Create,
+    timeout_or_none,
+)
 from ._pool_types import Holder, PoolStats
 from ._sites import user_code
 
@@ -115,6 +132,13 @@ class Pool(PoolShell[R]):
         """How many times the housekeeper was asked for an early round; it compares this
         under the lock before sleeping, so that no request made while it works is lost."""
         self._housekeeper: threading.Thread | None = None
+        self._timer_changed = threading.Condition(self._lock)
+        """Notified when a waiter's deadline comes before the timekeeper's next round, or
+        the pool closes."""
+        self._timer_at = _INF
+        """When the timekeeper looks at the deadlines next (under the lock): a waiter whose
+        deadline is later needs nothing from it now."""
+        self._timekeeper: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -169,10 +193,13 @@ class Pool(PoolShell[R]):
                 return
             core.close()
             self._notify()
+            self._timer_changed.notify()
         self._flush()
         housekeeper, self._housekeeper = self._housekeeper, None
-        if housekeeper is not None and housekeeper is not threading.current_thread():
-            housekeeper.join()
+        timekeeper, self._timekeeper = self._timekeeper, None
+        for helper in (housekeeper, timekeeper):
+            if helper is not None and helper is not threading.current_thread():
+                helper.join()
         if timeout is not None:
             deadline = _monotonic() + timeout
             with self._lock:
@@ -301,38 +328,74 @@ class Pool(PoolShell[R]):
                     grant = core.check_failed(grant, waiter, _monotonic())
                     if grant is None:
                         waiter.handle = _sleeper()
+                        if waiter.deadline < self._timer_at:
+                            self._call_timekeeper(waiter)
                 self._flush()
                 continue
             if grant is CREATE:
                 return self._create_for(waiter)
+            if grant is TIMED_OUT:  # the timekeeper's doing
+                raise self._timeout_error(waiter)
             assert isinstance(grant, BaseException)
             raise grant
 
     def _wait(self, waiter: _Acquire[R]) -> Slot[R] | _Create | BaseException | None:
-        """Sleep until the core grants ``waiter`` something, or give up."""
+        """Sleep until the core grants ``waiter`` something: a resource, room to create
+        one, or (through the timekeeper) its PoolTimeout."""
         sleeper: threading.Lock = waiter.handle  # type: ignore[assignment]
-        timeout = waiter._timeout
-        span = self._wait_span if timeout is DEFAULT else self._span(timeout)
-        left = waiter.since + span - _monotonic()
+        if waiter.deadline <= waiter.since:
+            return self._timed_out(waiter)  # timeout=0: not a wait at all
         try:
-            woken = sleeper.acquire(timeout=-1 if left == _INF else max(left, 0.0))
+            sleeper.acquire()
         except BaseException:  # KeyboardInterrupt while waiting: give up the place
             with self._lock:
                 self._core.cancel_wait(waiter, _monotonic(), timed_out=False)
             self._flush()
             raise
-        if woken:
-            # Whoever woke us set the grant first, under the lock.
-            return waiter.grant
+        # Whoever woke us set the grant first, under the lock.
+        return waiter.grant
+
+    def _timed_out(self, waiter: Waiter[R]) -> Slot[R] | _Create | BaseException | None:
+        """``waiter`` asked not to wait: it times out now, unless it was granted
+        something meanwhile."""
         with self._lock:
-            if waiter.grant is not None:
-                return waiter.grant
+            if waiter.grant is None:
+                self._core.cancel_wait(waiter, _monotonic(), timed_out=True)
+                return TIMED_OUT
+            return waiter.grant
+
+    def _timeout_error(self, waiter: Waiter[R]) -> BaseException:
+        """The PoolTimeout of ``waiter``, whose deadline passed: the pool is read under the
+        lock, and described after letting go of it (so that an overloaded pool's timeouts
+        hold up nobody)."""
+        with self._lock:
             now = _monotonic()
-            self._core.cancel_wait(waiter, now, timed_out=True)
             make_error = self._core.timeout_error_reading(now)
-        error = make_error(now - waiter.since)  # describing the pool holds up nobody
-        self._flush()
-        raise error
+        return make_error(now - waiter.since)
+
+    def _call_timekeeper(self, waiter: Waiter[R]) -> None:
+        """Under the lock: ``waiter`` has joined the line with a deadline before the
+        timekeeper's next round. The first time (in this process), start the timekeeper;
+        if that fails, ``waiter`` leaves the line and the error is raised."""
+        if waiter.deadline <= waiter.since:
+            return  # timeout=0: it will not wait
+        self._timer_at = waiter.deadline
+        if self._timekeeper is not None:
+            self._timer_changed.notify()
+            return
+        timekeeper = threading.Thread(
+            target=_keep_time,
+            args=(weakref.ref(self),),
+            name=f"tether pool {self.name!r} timekeeper",
+            daemon=True,
+        )
+        try:
+            timekeeper.start()  # it waits for the lock this thread holds
+        except BaseException:
+            self._timer_at = _INF
+            self._core.cancel_wait(waiter, _monotonic(), timed_out=False)
+            raise
+        self._timekeeper = timekeeper
 
     def _create_for(self, waiter: Waiter[R]) -> Slot[R]:
         """Create a resource under a permit, for ``waiter`` (the calling thread)."""
@@ -501,6 +564,9 @@ class Pool(PoolShell[R]):
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._housekeeper = None
+        self._timer_changed = threading.Condition(self._lock)
+        self._timer_at = _INF
+        self._timekeeper = None
 
     def resize(self, *, min_size: int | None = None, max_size: int | None = None) -> None:
         """Change ``min_size`` and/or ``max_size`` while the pool runs.
@@ -551,6 +617,38 @@ def _housekeep(pool_ref: weakref.ref[Pool[R]]) -> None:
             changed.wait(max(delay, 0.001))
 
 
+def _keep_time(pool_ref: weakref.ref[Pool[R]]) -> None:
+    """Background: wake the waiters whose deadline has passed, with their PoolTimeout,
+    then sleep until the next deadline (or until a waiter with an earlier one arrives).
+    Holds the pool weakly, as the housekeeper does. Started by the first wait with a
+    deadline, so that a pool that is never short of resources runs no such thread."""
+    while True:
+        pool = pool_ref()
+        if pool is None:
+            return
+        changed = pool._timer_changed
+        with changed:  # the pool's lock
+            core = pool._core
+            if core.state is not OPEN:
+                return  # closing woke every waiter already
+            now = _monotonic()
+            upcoming = core.expire(now, describe=False)  # each waiter describes its own
+            if upcoming == _INF:
+                # Nobody waits with a deadline. Look again after one acquire_timeout:
+                # whoever starts waiting meanwhile with that timeout needs no earlier
+                # round, and so need not call for one.
+                upcoming = now + pool._wait_span
+            pool._timer_at = upcoming
+            woken, core.woken = core.woken, []
+            del pool, core  # sleep without keeping the pool alive
+            for waiter in woken:
+                sleeper = cast("threading.Lock | None", waiter.handle)
+                if sleeper is not None:
+                    sleeper.release()
+            # At most a minute at a time, so that an abandoned pool's timekeeper ends.
+            changed.wait(min(upcoming - now, 60.0))
+
+
 @final
 class _Acquire(Waiter[R]):
     """``with pool.acquire() as resource``: the context manager behind it.
@@ -587,10 +685,10 @@ class _Acquire(Waiter[R]):
                     self._slot = taken
                     self._lease = taken.lease
                     return taken.resource
-            # The slow path. This thread times its own wait (its sleeper's timeout), so
-            # the core is given no deadline.
+            # The slow path. The core keeps the deadline; the timekeeper enforces it.
+            timeout = self._timeout
             self.since = now
-            self.deadline = _INF
+            self.deadline = now + (pool._wait_span if timeout is DEFAULT else pool._span(timeout))
             self.owner = _current_thread()
             self.handle = None
             self.grant = None
@@ -598,6 +696,8 @@ class _Acquire(Waiter[R]):
             grant = core.acquire(now, self)
             if grant is None:
                 self.handle = _sleeper()
+                if self.deadline < pool._timer_at:
+                    pool._call_timekeeper(self)
             busy = core.woken or core.doomed
         if busy:
             pool._flush()

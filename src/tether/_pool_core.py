@@ -87,6 +87,7 @@ from ._sites import code_site
 
 __all__ = [
     "CREATE",
+    "TIMED_OUT",
     "PoolConfig",
     "PoolCore",
     "PoolState",
@@ -144,6 +145,19 @@ class _Create:
 
 
 CREATE: Final = _Create()
+
+
+@final
+class _TimedOut(BaseException):
+    """The grant of a waiter whose deadline passed, from ``expire(describe=False)``: the
+    waiter builds its :class:`~tether.PoolTimeout` itself, outside the shell's lock. Never
+    raised."""
+
+    def __repr__(self) -> str:
+        return "TIMED_OUT"
+
+
+TIMED_OUT: Final = _TimedOut()
 
 
 @final
@@ -690,10 +704,12 @@ class PoolCore(Generic[R]):
                 return waiter
         return None
 
-    def expire(self, now: float) -> float:
+    def expire(self, now: float, *, describe: bool = True) -> float:
         """Time out every waiter whose deadline has passed; return the next deadline.
 
-        Each one is woken with a :class:`~tether.PoolTimeout` as its grant.
+        Each one is woken with a :class:`~tether.PoolTimeout` as its grant, or with
+        :data:`TIMED_OUT` if not ``describe`` (for a shell whose waiters describe the pool
+        in their error themselves, after letting go of its lock).
         """
         upcoming = INF
         early_ids = self._early_ids
@@ -719,6 +735,10 @@ class PoolCore(Generic[R]):
             if not self._waiting:
                 self._restabilize()
             self.timeouts += len(timed_out)
+            if not describe:
+                for waiter in timed_out.values():
+                    self._wake(waiter, TIMED_OUT)
+                return upcoming
             # Who holds what and the statistics are read once for everyone timed out in
             # this round, not once per waiter (hundreds may go together).
             make_error = self.timeout_error_reading(now)
