@@ -420,6 +420,38 @@ def test_the_timekeeper_starts_with_the_first_timed_wait_and_ends_with_the_pool(
     assert not timekeeper.is_alive()
 
 
+@pytest.mark.parametrize("timeout", [5.0, None], ids=["with a deadline", "without"])
+def test_ctrl_c_stops_a_waiting_main_thread_and_it_leaves_the_line(
+    timeout: float | None,
+) -> None:
+    """A real SIGINT (Ctrl-C) reaches the main thread asleep in line: KeyboardInterrupt is
+    raised in it at once, it leaves the line, and the resource returned next goes back
+    to the pool instead of to the caller that is gone."""
+    assert threading.current_thread() is threading.main_thread()
+    with tether.Pool(lambda: Thing(1), max_size=1) as pool:
+        held = pool.get()
+
+        def interrupt_when_waiting() -> None:
+            deadline = time.monotonic() + GUARD
+            while pool.stats().waiting != 1 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+        interrupter = threading.Thread(target=interrupt_when_waiting)
+        interrupter.start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            pool.get(timeout=timeout)
+        interrupted_after = time.monotonic() - started
+        interrupter.join(GUARD)
+        assert interrupted_after < 2.0  # not when the deadline (if any) passed
+        assert pool.stats().waiting == 0
+        pool.put(held)
+        assert pool.stats().idle == 1
+        assert pool.get(timeout=0) is held
+        pool.put(held)
+
+
 def test_a_timekeeper_that_cannot_start_leaves_no_one_in_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
