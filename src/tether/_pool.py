@@ -57,7 +57,9 @@ class Pool(PoolShell[R]):
     ``create``, ``destroy``, ``check`` and ``reset`` run in the calling thread, outside the
     pool's lock. ``acquire_timeout`` bounds the wait for a resource; it cannot interrupt a
     ``create`` in progress, so give ``create`` its own timeout (the database adapters
-    do).
+    do). Besides its housekeeping thread, a pool runs a timekeeper thread once a caller
+    has waited with a deadline: waiting threads sleep without a timeout of their own, and
+    it wakes each one whose deadline passes.
 
     Args:
         create: makes a resource.
