@@ -345,8 +345,6 @@ class Pool(PoolShell[R]):
         """Sleep until the core grants ``waiter`` something: a resource, room to create
         one, or (through the timekeeper) its PoolTimeout."""
         sleeper: threading.Lock = waiter.handle  # type: ignore[assignment]
-        if waiter.deadline <= waiter.since:
-            return self._timed_out(waiter)  # timeout=0: not a wait at all
         try:
             sleeper.acquire()
         except BaseException:  # KeyboardInterrupt while waiting: give up the place
@@ -356,15 +354,6 @@ class Pool(PoolShell[R]):
             raise
         # Whoever woke us set the grant first, under the lock.
         return waiter.grant
-
-    def _timed_out(self, waiter: Waiter[R]) -> Slot[R] | _Create | BaseException | None:
-        """``waiter`` asked not to wait: it times out now, unless it was granted
-        something meanwhile."""
-        with self._lock:
-            if waiter.grant is None:
-                self._core.cancel_wait(waiter, _monotonic(), timed_out=True)
-                return TIMED_OUT
-            return waiter.grant
 
     def _timeout_error(self, waiter: Waiter[R]) -> BaseException:
         """The PoolTimeout of ``waiter``, whose deadline passed: the pool is read under the
@@ -379,8 +368,6 @@ class Pool(PoolShell[R]):
         """Under the lock: ``waiter`` has joined the line with a deadline before the
         timekeeper's next round. The first time (in this process), start the timekeeper;
         if that fails, ``waiter`` leaves the line and the error is raised."""
-        if waiter.deadline <= waiter.since:
-            return  # timeout=0: it will not wait
         self._timer_at = waiter.deadline
         if self._timekeeper is not None:
             self._timer_changed.notify()
@@ -503,10 +490,7 @@ class Pool(PoolShell[R]):
                 return
             woken, core.woken = core.woken, []
             doomed, core.doomed = core.doomed, []
-        for waiter in woken:
-            sleeper = cast("threading.Lock | None", waiter.handle)
-            if sleeper is not None:
-                sleeper.release()
+        _wake(woken)
         for slot in doomed:
             self._destroy_now(slot)
 
@@ -586,6 +570,14 @@ class Pool(PoolShell[R]):
         self._flush()
 
 
+def _wake(woken: list[Waiter[R]]) -> None:
+    """Release the sleepers of the waiters the core woke (a creating caller has none)."""
+    for waiter in woken:
+        sleeper = cast("threading.Lock | None", waiter.handle)
+        if sleeper is not None:
+            sleeper.release()
+
+
 def _sleeper() -> threading.Lock:
     """A lock that is already held: a waiting thread blocks on it until woken."""
     lock = threading.Lock()
@@ -643,10 +635,7 @@ def _keep_time(pool_ref: weakref.ref[Pool[R]]) -> None:
             pool._timer_at = upcoming
             woken, core.woken = core.woken, []
             del pool, core  # sleep without keeping the pool alive
-            for waiter in woken:
-                sleeper = cast("threading.Lock | None", waiter.handle)
-                if sleeper is not None:
-                    sleeper.release()
+            _wake(woken)
             # At most a minute at a time, so that an abandoned pool's timekeeper ends.
             changed.wait(min(upcoming - now, 60.0))
 
@@ -697,9 +686,13 @@ class _Acquire(Waiter[R]):
             self.cancelled = False
             grant = core.acquire(now, self)
             if grant is None:
-                self.handle = _sleeper()
-                if self.deadline < pool._timer_at:
-                    pool._call_timekeeper(self)
+                if self.deadline <= now:  # timeout=0: not a wait at all
+                    core.cancel_wait(self, now, timed_out=True)
+                    grant = TIMED_OUT
+                else:
+                    self.handle = _sleeper()
+                    if self.deadline < pool._timer_at:
+                        pool._call_timekeeper(self)
             busy = core.woken or core.doomed
         if busy:
             pool._flush()

@@ -332,9 +332,9 @@ def _port_problem(parts: Mapping[str, str]) -> str | None:
     for port in ports:
         if not _valid_port(port):
             return _invalid_port(port)
-    hosts = parts.get("host") or parts.get("hostaddr") or ""
-    if len(ports) > 1 and len(ports) != len(hosts.split(",")):
-        return f"{len(ports)} ports given for {len(hosts.split(','))} hosts"
+    hosts = (parts.get("host") or parts.get("hostaddr") or "").split(",")
+    if len(ports) > 1 and len(ports) != len(hosts):
+        return f"{len(ports)} ports given for {len(hosts)} hosts"
     return None
 
 
