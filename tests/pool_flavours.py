@@ -29,8 +29,12 @@ import asyncio
 import contextvars
 import inspect
 import itertools
+import os
+import select
+import signal
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -361,3 +365,34 @@ class AsyncioSyncHooksFlavour(AsyncioFlavour):
 FLAVOURS: dict[str, type[Flavour]] = {
     f.name: f for f in (ThreadFlavour, AsyncioFlavour, AsyncioSyncHooksFlavour)
 }
+
+
+def in_forked_child(work: Callable[[], bytes]) -> bytes:
+    """Run ``work`` in a forked child, and return what it reports (or the repr of what it
+    raised). The child leaves with ``os._exit`` without running anything else; one that
+    has reported nothing after ``GUARD`` seconds is killed, and ``b"the child hung"``
+    returned."""
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about fork() in a process with threads; forking such a
+        # process is exactly what is being tested.
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+        child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child, which leaves with _exit
+        report = b"nothing"
+        try:
+            report = work()
+        except BaseException as error:
+            report = repr(error).encode()
+        finally:
+            os.write(write_end, report)
+            os._exit(0)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], GUARD)
+        return os.read(read_end, 4096) if ready else b"the child hung"
+    finally:
+        if not ready:
+            os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(read_end)

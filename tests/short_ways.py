@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from hypothesis import example
 from hypothesis import strategies as st
 
 from tether._pool_core import CREATE, PoolConfig, PoolCore, Slot, Waiter
+
+P = TypeVar("P")
 
 FIELDS = (
     "state",
@@ -240,3 +242,18 @@ def with_busy_examples(test: Callable[..., None]) -> Callable[..., None]:
     for _, plan, opts in BUSY_EXAMPLES:
         test = example(plan=plan, opts=opts)(test)
     return test
+
+
+def side_by_side_pool(pool_class: Callable[..., P], opts: dict[str, Any]) -> tuple[P, bool]:
+    """A pool of plain objects made with ``opts`` (drawn by ``options``) to run beside a
+    reference, with the same lifetimes' jitter; and whether it checks resources."""
+    check = opts.pop("check")
+    pool = pool_class(
+        object,
+        check=(lambda resource: True) if check else None,
+        is_broken=lambda error: True,
+        acquire_timeout=None,
+        **opts,
+    )
+    pool._core._jitter = lambda: 0.5
+    return pool, check

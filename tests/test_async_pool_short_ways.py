@@ -27,6 +27,7 @@ from short_ways import (
     busy_steps,
     line_of,
     options,
+    side_by_side_pool,
     snapshot,
     steps,
     with_busy_examples,
@@ -40,15 +41,7 @@ async def open_pool(opts: dict[str, Any]) -> tuple[Clock, tether.AsyncPool[objec
     plan); and whether it checks resources."""
     clock = Clock()
     _async_pool._monotonic = clock  # type: ignore[misc]
-    check = opts.pop("check")
-    pool = tether.AsyncPool(
-        object,
-        check=(lambda resource: True) if check else None,
-        is_broken=lambda error: True,
-        acquire_timeout=None,
-        **opts,
-    )
-    pool._core._jitter = lambda: 0.5
+    pool, check = side_by_side_pool(tether.AsyncPool, opts)
     await pool.open()
     assert pool._housekeeper is not None
     pool._housekeeper.cancel()

@@ -14,13 +14,12 @@ import logging
 import os
 import re
 import time
-import warnings
 from typing import Any
 
 import pytest
 
 import tether
-from pool_flavours import Flavour, Gate, Thing, Things, eventually, within
+from pool_flavours import Flavour, Gate, Thing, Things, eventually, in_forked_child, within
 from tether import _async_pool, _pool
 
 # ---------------------------------------------------------------------------- helpers
@@ -1094,25 +1093,7 @@ async def test_a_forked_child_never_reuses_the_parents_resources(
     handing out those it inherited from the parent (which still owns them)."""
     pool = await opened(flavour, things, min_size=2)
     parents = {thing.number for thing in things.made}
-    read_end, write_end = os.pipe()
-    with warnings.catch_warnings():
-        # Python 3.12+ warns about fork() in a process with threads; forking such a
-        # process is exactly what is being tested.
-        warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
-        child = os.fork()
-    if child == 0:  # the child: report what it got, and leave without running anything else
-        report = b"nothing"
-        try:
-            report = str(borrow_alone(pool)).encode()
-        except BaseException as error:
-            report = repr(error).encode()
-        finally:
-            os.write(write_end, report)
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        report = pipe.read()
-    os.waitpid(child, 0)  # noqa: ASYNC222 - it has exited: its end of the pipe is closed
+    report = in_forked_child(lambda: str(borrow_alone(pool)).encode())
     assert report.isdigit(), report
     assert int(report) not in parents
     async with flavour.acquire(pool) as resource:

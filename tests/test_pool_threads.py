@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import os
 import random
-import select
 import signal
 import sys
 import threading
 import time
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +20,7 @@ from typing import Any
 import pytest
 
 import tether
-from pool_flavours import GUARD, Thing
+from pool_flavours import GUARD, Thing, in_forked_child
 from tether import _pool_core
 
 THREADS = 32
@@ -503,35 +501,16 @@ def test_a_forked_child_times_out_its_own_waiters() -> None:
         held = pool.get()
         with pytest.raises(tether.PoolTimeout):
             pool.get(timeout=0.01)  # the parent's timekeeper is running now
-        read_end, write_end = os.pipe()
-        with warnings.catch_warnings():
-            # Python 3.12+ warns about fork() in a process with threads.
-            warnings.filterwarnings("ignore", "This process .* is multi-threaded")
-            child = os.fork()
-        if child == 0:  # pragma: no cover - runs in the child, which leaves with _exit
-            report = b"nothing"
-            try:
-                first = pool.get()
-                started = time.monotonic()
-                try:
-                    pool.get(timeout=0.05)
-                except tether.PoolTimeout:
-                    report = f"timed out after {time.monotonic() - started:.3f}".encode()
-                pool.put(first)
-            except BaseException as error:
-                report = repr(error).encode()
-            finally:
-                os.write(write_end, report)
-                os._exit(0)
-        os.close(write_end)
-        try:
-            ready, _, _ = select.select([read_end], [], [], GUARD)
-            report = os.read(read_end, 200) if ready else b"the child hung"
-        finally:
-            if not ready:
-                os.kill(child, signal.SIGKILL)
-            os.waitpid(child, 0)
-            os.close(read_end)
+
+        def time_out_in_the_child() -> bytes:
+            first = pool.get()
+            started = time.monotonic()
+            with pytest.raises(tether.PoolTimeout):
+                pool.get(timeout=0.05)
+            pool.put(first)
+            return f"timed out after {time.monotonic() - started:.3f}".encode()
+
+        report = in_forked_child(time_out_in_the_child)
         pool.put(held)
     assert report.startswith(b"timed out after "), report
     assert float(report.split()[-1]) < GUARD

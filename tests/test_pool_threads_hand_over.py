@@ -32,6 +32,7 @@ from short_ways import (
     busy_step,
     line_of,
     options,
+    side_by_side_pool,
     snapshot,
     with_busy_examples,
 )
@@ -142,15 +143,7 @@ def open_pool(
     clock = Clock()
     monkeypatch.setattr(_pool, "_monotonic", clock)
     monkeypatch.setattr(_pool, "_sleeper", held_sleeper)
-    check = opts.pop("check")
-    pool = tether.Pool(
-        object,
-        check=(lambda resource: True) if check else None,
-        is_broken=lambda error: True,
-        acquire_timeout=None,
-        **opts,
-    )
-    pool._core._jitter = lambda: 0.5
+    pool, check = side_by_side_pool(tether.Pool, opts)
     # No housekeeper: its rounds are steps of the plan. No timekeeper either: it would
     # look at the core from a thread of its own, at any moment.
     monkeypatch.setattr(pool, "_start_housekeeper", lambda: None)
