@@ -160,6 +160,29 @@ class Pairs:
         self.floor.append(floor)
         self.tether.append(ours)
 
+    def measure(self, repeat: int, floor: Callable[[], float], ours: Callable[[], float]) -> None:
+        """Run one pair: the floor first in even repeats, tether first in odd ones."""
+        if repeat % 2:
+            ours_figure = ours()
+            self.add(floor(), ours_figure)
+        else:
+            floor_figure = floor()
+            self.add(floor_figure, ours())
+
+    async def measure_async(
+        self,
+        repeat: int,
+        floor: Callable[[], Awaitable[float]],
+        ours: Callable[[], Awaitable[float]],
+    ) -> None:
+        """:meth:`measure`, for figures that are awaited."""
+        if repeat % 2:
+            ours_figure = await ours()
+            self.add(await floor(), ours_figure)
+        else:
+            floor_figure = await floor()
+            self.add(floor_figure, await ours())
+
     def medians(self) -> tuple[float, float]:
         return statistics.median(self.floor), statistics.median(self.tether)
 
@@ -178,12 +201,9 @@ async def uncontended_async(repeats: int, cycles: int) -> Pairs:
         await _async_cycles(floor, cycles)
         await _async_cycles(pool, cycles)
         for repeat in range(repeats):
-            if repeat % 2:
-                ours = await _async_cycles(pool, cycles)
-                pairs.add(await _async_cycles(floor, cycles), ours)
-            else:
-                floor_time = await _async_cycles(floor, cycles)
-                pairs.add(floor_time, await _async_cycles(pool, cycles))
+            await pairs.measure_async(
+                repeat, lambda: _async_cycles(floor, cycles), lambda: _async_cycles(pool, cycles)
+            )
     return pairs
 
 
@@ -195,12 +215,9 @@ def uncontended_threads(repeats: int, cycles: int) -> Pairs:
         _thread_cycles(floor, cycles)
         _thread_cycles(pool, cycles)
         for repeat in range(repeats):
-            if repeat % 2:
-                ours = _thread_cycles(pool, cycles)
-                pairs.add(_thread_cycles(floor, cycles), ours)
-            else:
-                floor_time = _thread_cycles(floor, cycles)
-                pairs.add(floor_time, _thread_cycles(pool, cycles))
+            pairs.measure(
+                repeat, lambda: _thread_cycles(floor, cycles), lambda: _thread_cycles(pool, cycles)
+            )
     return pairs
 
 
@@ -242,12 +259,11 @@ async def contended(
     pairs = Pairs()
     async with tether.AsyncPool(object, min_size=size, max_size=size) as pool:
         for repeat in range(repeats):
-            if repeat % 2:
-                ours = await _contended(pool.acquire, tasks, rounds, None)
-                pairs.add(await _contended(floor.acquire, tasks, rounds, None), ours)
-            else:
-                floor_rate = await _contended(floor.acquire, tasks, rounds, None)
-                pairs.add(floor_rate, await _contended(pool.acquire, tasks, rounds, None))
+            await pairs.measure_async(
+                repeat,
+                lambda: _contended(floor.acquire, tasks, rounds, None),
+                lambda: _contended(pool.acquire, tasks, rounds, None),
+            )
         floor_waits: list[float] = []
         await _contended(floor.acquire, tasks, rounds, floor_waits)
         waits: list[float] = []
