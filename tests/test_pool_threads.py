@@ -418,6 +418,38 @@ def test_the_timekeeper_starts_with_the_first_timed_wait_and_ends_with_the_pool(
     assert not timekeeper.is_alive()
 
 
+@pytest.mark.parametrize("acquire_timeout", [0.0, 0.001])
+def test_an_idle_timekeeper_sleeps_when_acquire_timeout_is_tiny(
+    acquire_timeout: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nobody waiting, the timekeeper sleeps for the pool's acquire_timeout, but a
+    second at least: a pool with ``acquire_timeout=0`` (whose callers never wait unless
+    they pass a timeout) must not leave it looking at an empty line in a busy loop, nor
+    one of a millisecond wake it a thousand times a second; and a short wait is still
+    timed out on time."""
+    rounds = 0
+    expire = _pool_core.PoolCore.expire
+
+    def counted(core: _pool_core.PoolCore[Any], now: float, *, describe: bool = True) -> float:
+        nonlocal rounds
+        rounds += 1
+        return expire(core, now, describe=describe)
+
+    monkeypatch.setattr(_pool_core.PoolCore, "expire", counted)
+    with tether.Pool(lambda: Thing(1), max_size=1, acquire_timeout=acquire_timeout) as pool:
+        held = pool.get()
+        started = time.monotonic()
+        with pytest.raises(tether.PoolTimeout):
+            pool.get(timeout=0.05)  # starts the timekeeper, which times it out
+        assert time.monotonic() - started < 0.05 + GUARD
+        idle_from = rounds
+        time.sleep(0.3)
+        assert rounds - idle_from <= 1
+        with pytest.raises(tether.PoolTimeout):
+            pool.get(timeout=0.05)  # an early waiter calls for its round
+        pool.put(held)
+
+
 @pytest.mark.parametrize("timeout", [5.0, None], ids=["with a deadline", "without"])
 def test_ctrl_c_stops_a_waiting_main_thread_and_it_leaves_the_line(
     timeout: float | None,

@@ -47,6 +47,8 @@ _getframe: Final = sys._getframe
 _current_thread: Final = threading.current_thread
 _new: Final = object.__new__
 _INF: Final = float("inf")
+_IDLE_ROUND: Final = 1.0
+"""The shortest sleep, in seconds, of a timekeeper with nobody to time out."""
 
 
 @final
@@ -630,8 +632,10 @@ def _keep_time(pool_ref: weakref.ref[Pool[R]]) -> None:
             if upcoming == _INF:
                 # Nobody waits with a deadline. Look again after one acquire_timeout:
                 # whoever starts waiting meanwhile with that timeout needs no earlier
-                # round, and so need not call for one.
-                upcoming = now + pool._wait_span
+                # round, and so need not call for one. A second at least: with a
+                # shorter acquire_timeout (0 included) an idle pool would keep its
+                # timekeeper busy, and early waiters call for their round anyway.
+                upcoming = now + max(pool._wait_span, _IDLE_ROUND)
             pool._timer_at = upcoming
             woken, core.woken = core.woken, []
             del pool, core  # sleep without keeping the pool alive
