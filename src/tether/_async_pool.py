@@ -221,6 +221,8 @@ class AsyncPool(PoolShell[R]):
         core = self._core
         if core.state is CLOSED:
             return
+        if self._loop is not None:
+            self._bound_loop()  # from another loop: refused before anything changes
         core.close()
         self._flush()
         housekeeper, self._housekeeper = self._housekeeper, None
@@ -330,7 +332,14 @@ class AsyncPool(PoolShell[R]):
             if isinstance(grant, Slot):
                 if self._check is None or not core.needs_check(grant, _monotonic()):
                     return grant
-                if await self._passes_check(grant, waiter.deadline):
+                now = _monotonic()
+                if now >= waiter.deadline:
+                    # No time left to check it (timeout=0, or a check failed at the
+                    # deadline): it goes back unchecked, still due its check.
+                    core.cancel_wait(waiter, now, timed_out=True)
+                    self._flush()
+                    raise core.timeout_error(now - waiter.since, now)
+                if await self._passes_check(grant, waiter):
                     core.check_passed(grant, _monotonic())
                     return grant
                 grant = core.check_failed(grant, waiter, _monotonic())
@@ -417,14 +426,29 @@ class AsyncPool(PoolShell[R]):
         future.set_result(resource)
         return future
 
-    async def _passes_check(self, slot: Slot[R], deadline: float) -> bool:
+    async def _passes_check(self, slot: Slot[R], waiter: _Acquire[R]) -> bool:
+        """Run ``check`` on the slot granted to ``waiter``, within its deadline.
+
+        Raises:
+            PoolTimeout: the deadline passed during the check. The check was cut short,
+                so the resource's state is unknown and it is destroyed; it did not fail
+                (a healthy resource is not counted as a failed check, and the caller is
+                not served another one after its deadline).
+        """
         check = self._check
         assert check is not None
         try:
-            async with asyncio.timeout_at(_loop_deadline(deadline)):
+            async with asyncio.timeout_at(_loop_deadline(waiter.deadline)) as scope:
                 verdict = check(slot.resource)
                 if inspect.isawaitable(verdict):
                     verdict = await verdict
+        except TimeoutError:
+            if not scope.expired():
+                return False  # the check's own timeout: a failed check
+            now = _monotonic()
+            self._core.drop(slot, timed_out=True)
+            self._flush()
+            raise self._core.timeout_error(now - waiter.since, now) from None
         except Exception:  # noqa: BLE001 - a check that raises is a failed check
             return False
         except BaseException:
@@ -552,12 +576,22 @@ class AsyncPool(PoolShell[R]):
         self._creations.discard(task)
         core = self._core
         if task.cancelled():
-            core.creation_abandoned(waiter)
+            if core.state is OPEN:
+                # Not cancelled by close(): create() itself raised CancelledError (a
+                # future it awaited was cancelled under it). A failed creation, like any
+                # other; not a sign that the pool is closing.
+                cancelled = RuntimeError(f"pool {self.name!r}: create() was cancelled from within")
+                core.create_failed(cancelled, _monotonic(), waiter)
+                self._poke_housekeeper()
+            else:
+                core.creation_abandoned(waiter)
         elif (error := task.exception()) is not None:
             core.create_failed(error, _monotonic(), waiter)
             self._poke_housekeeper()
         else:
             core.created(task.result(), _monotonic(), waiter)  # type: ignore[arg-type]
+            if core.size < core.config.min_size:
+                self._poke_housekeeper()  # the pool may just have come back: refill it now
         self._flush()
 
     def _refill(self) -> None:

@@ -324,11 +324,22 @@ class Pool(PoolShell[R]):
                 # without the lock.
                 if not grant.must_check:
                     return grant
-                if self._passes_check(grant):
+                now = _monotonic()
+                if now >= waiter.deadline:
+                    # No time left to check it (timeout=0, or a check failed at the
+                    # deadline): it goes back unchecked, still due its check.
                     with self._lock:
-                        core.check_passed(grant, _monotonic())
-                    return grant
+                        core.cancel_wait(waiter, now, timed_out=True)
+                    self._flush()
+                    raise self._timeout_error(waiter)
+                passed = self._passes_check(grant)
                 with self._lock:
+                    if not grant.held:
+                        # A close(timeout=...) took it back during the check, to destroy.
+                        raise core._closed_error()
+                    if passed:
+                        core.check_passed(grant, _monotonic())
+                        return grant
                     grant = core.check_failed(grant, waiter, _monotonic())
                     if grant is None:
                         waiter.handle = _sleeper()
@@ -410,6 +421,8 @@ class Pool(PoolShell[R]):
             # already have been released, if the permit came just as the wait timed out).
             waiter.handle = None
             slot = self._core.created(resource, _monotonic(), waiter)
+            if self._core.size < self._core.config.min_size:
+                self._notify()  # the pool may just have come back: refill it now
         self._flush()
         if waiter.grant is slot:
             return slot
@@ -442,17 +455,18 @@ class Pool(PoolShell[R]):
             with self._lock:
                 self._core.release(slot, lease, _monotonic())
             return
-        if error is not None and not broken and self._is_broken is not None:
-            broken = self._judge(error)
-        reset = self._reset
-        if reset is not None and not broken:
-            try:
-                reset(slot.resource)
-            except Exception:  # noqa: BLE001 - a failed reset means a broken resource
-                broken = True
-            except BaseException:
-                self._drop(slot, lease)
-                raise
+        try:
+            if error is not None and not broken and self._is_broken is not None:
+                broken = self._judge(error)
+            reset = self._reset
+            if reset is not None and not broken:
+                try:
+                    reset(slot.resource)
+                except Exception:  # noqa: BLE001 - a failed reset means a broken resource
+                    broken = True
+        except BaseException:  # interrupted judging or resetting: its state is unknown
+            self._drop(slot, lease)
+            raise
         if broken:
             self._drop(slot, lease)
             return
@@ -493,26 +507,36 @@ class Pool(PoolShell[R]):
             woken, core.woken = core.woken, []
             doomed, core.doomed = core.doomed, []
         _wake(woken)
-        for slot in doomed:
-            self._destroy_now(slot)
+        for index, slot in enumerate(doomed):
+            try:
+                self._destroy_now(slot)
+            except BaseException:  # interrupted: the rest are left for the next flush
+                with self._lock:
+                    core.doomed.extend(doomed[index + 1 :])
+                raise
 
     def _destroy_now(self, slot: Slot[R]) -> None:
         destroy = self._destroy
-        if destroy is not None:
-            try:
-                destroy(slot.resource)
-            except Exception as error:  # noqa: BLE001 - reported; the slot is gone anyway
-                self._report_destroy_error(slot.resource, error)
-        with self._lock:
-            self._core.destroyed(slot, _monotonic())
-            self._notify()  # a closing pool may be done; an open one may need a refill
+        try:
+            if destroy is not None:
+                try:
+                    destroy(slot.resource)
+                except Exception as error:  # noqa: BLE001 - reported; the slot is gone anyway
+                    self._report_destroy_error(slot.resource, error)
+        finally:
+            # Even if destroy was interrupted: its room must not stay taken for good.
+            with self._lock:
+                self._core.destroyed(slot, _monotonic())
+                self._notify()  # a closing pool may be done; an open one may need a refill
         self._flush()
 
     def _refill(self) -> bool:
         """Create what ``min_size`` asks for, in the calling (housekeeping) thread.
 
         Returns:
-            whether a creation failed (and a retry must be scheduled).
+            whether to go round again at once: a creation failed (its retry must be
+            scheduled), or one succeeded as the failing pool's probe and the rest are
+            still to be made.
         """
         failed = False
         with self._lock:
@@ -520,7 +544,8 @@ class Pool(PoolShell[R]):
         for _ in range(count):
             try:
                 resource = self._create()
-            except Exception as error:  # noqa: BLE001 - recorded; retried after backoff
+            except BaseException as error:  # noqa: BLE001 - recorded; retried after backoff
+                # Even SystemExit: this is the housekeeper's thread, which must live on.
                 failed = True
                 with self._lock:
                     self._core.create_failed(error, _monotonic(), None)
@@ -528,7 +553,7 @@ class Pool(PoolShell[R]):
                 with self._lock:
                     self._core.created(resource, _monotonic(), None)
             self._flush()
-        return failed
+        return failed or (count > 0 and self._core.size < self._core.config.min_size)
 
     def _start_housekeeper(self) -> None:
         self._housekeeper = threading.Thread(
@@ -555,6 +580,8 @@ class Pool(PoolShell[R]):
         self._timer_changed = threading.Condition(self._lock)
         self._timer_at = _INF
         self._timekeeper = None
+        if self._core.state is OPEN:
+            self._start_housekeeper()  # threads do not survive a fork: the child's own
 
     def resize(self, *, min_size: int | None = None, max_size: int | None = None) -> None:
         """Change ``min_size`` and/or ``max_size`` while the pool runs.
@@ -603,7 +630,7 @@ def _housekeep(pool_ref: weakref.ref[Pool[R]]) -> None:
         pool._report_leaks(leaked, now)
         pool._flush()
         if pool._refill():
-            continue  # the next round schedules the retry
+            continue  # the next round schedules the retry, or makes the rest
         delay = min(next_due - _monotonic(), pool._tick, 60.0)
         changed = pool._changed
         with changed:
@@ -640,6 +667,7 @@ def _keep_time(pool_ref: weakref.ref[Pool[R]]) -> None:
             woken, core.woken = core.woken, []
             del pool, core  # sleep without keeping the pool alive
             _wake(woken)
+            del woken  # each waiter in it refers to the pool
             # At most a minute at a time, so that an abandoned pool's timekeeper ends.
             changed.wait(min(upcoming - now, 60.0))
 

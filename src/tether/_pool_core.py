@@ -372,6 +372,11 @@ def owner_name(owner: object) -> str:
     return str(name) if name is not None else repr(owner)
 
 
+def _in_line(waiter: Waiter[R]) -> bool:
+    """Whether ``waiter`` still waits: neither given up nor granted anything."""
+    return not waiter.cancelled and waiter.grant is None
+
+
 @final
 class PoolCore(Generic[R]):
     """Pure pool bookkeeping; see the module docstring for the theory of operation.
@@ -530,6 +535,14 @@ class PoolCore(Generic[R]):
         be closed or reused by the child). The child starts over with an empty pool.
         """
         self._gone_handouts += sum((slot.lease + 1) >> 1 for slot in self._slots.values())
+        for slot in self._slots.values():
+            # One held across the fork may still be given back in the child: accepted
+            # silently, once, and never reused (as after a close that timed out).
+            if slot.held:
+                slot.lease += 1
+                slot.reclaimed = True
+            slot.fast_until = slot.fresh_until = -INF
+            slot.state = GONE
         self.idle.clear()
         self._slots.clear()
         self._waiters.clear()
@@ -600,10 +613,25 @@ class PoolCore(Generic[R]):
         return self._serve(waiter, now)
 
     def _out_of_order(self, waiter: Waiter[R]) -> None:
-        """Track a waiter whose place in line says nothing about its deadline."""
-        if waiter.deadline != INF:
-            heapq.heappush(self._early, (waiter.deadline, id(waiter), waiter))
-            self._early_ids.add(id(waiter))
+        """Track a waiter whose place in line says nothing about its deadline.
+
+        One without a deadline too: back at the head of the line, it must not hide the
+        deadlines of those behind it from :meth:`expire`.
+        """
+        heapq.heappush(self._early, (waiter.deadline, id(waiter), waiter))
+        self._early_ids.add(id(waiter))
+
+    def _tidy(self) -> None:
+        """Drop the waiters that left the line (cancelled, timed out or served) from the
+        line and the early heap, once they outnumber the live ones: they are removed
+        lazily, and callers that keep giving up must not pile up."""
+        live = self._waiting
+        if len(self._waiters) > 2 * live + 16:
+            self._waiters = deque(w for w in self._waiters if _in_line(w))
+        if len(self._early) > 2 * live + 16:
+            self._early = [entry for entry in self._early if _in_line(entry[2])]
+            heapq.heapify(self._early)
+            self._early_ids = {key for _, key, _ in self._early}
 
     def _serve(self, waiter: Waiter[R], now: float) -> Slot[R] | _Create | BaseException | None:
         """Serve ``waiter`` ahead of the queue: an idle slot, else room, else the head of
@@ -680,9 +708,12 @@ class PoolCore(Generic[R]):
             return self._closed_error()
         return self._serve(waiter, now)
 
-    def drop(self, slot: Slot[R]) -> None:
-        """A slot was handed out, but its caller vanished before using it (cancelled during
-        the check) and its state is unknown: retire it, uncounted."""
+    def drop(self, slot: Slot[R], *, timed_out: bool = False) -> None:
+        """A slot was handed out, but its caller vanished before using it (cancelled, or
+        its deadline passed, during the check) and its state is unknown: retire it,
+        uncounted (``timed_out`` counts the caller's timeout)."""
+        if timed_out:
+            self.timeouts += 1
         self._take_back(slot)
 
     def _take_back(self, slot: Slot[R]) -> None:
@@ -738,12 +769,13 @@ class PoolCore(Generic[R]):
             if not describe:
                 for waiter in timed_out.values():
                     self._wake(waiter, TIMED_OUT)
-                return upcoming
-            # Who holds what and the statistics are read once for everyone timed out in
-            # this round, not once per waiter (hundreds may go together).
-            make_error = self.timeout_error_reading(now)
-            for waiter in timed_out.values():
-                self._wake(waiter, make_error(now - waiter.since))
+            else:
+                # Who holds what and the statistics are read once for everyone timed out
+                # in this round, not once per waiter (hundreds may go together).
+                make_error = self.timeout_error_reading(now)
+                for waiter in timed_out.values():
+                    self._wake(waiter, make_error(now - waiter.since))
+            self._tidy()
         return upcoming
 
     def _hand_out(self, slot: Slot[R], now: float, waiter: Waiter[R]) -> None:
@@ -778,9 +810,7 @@ class PoolCore(Generic[R]):
             self._waiting -= 1
             if not self._waiting:
                 self._restabilize()
-            # Removed from the deques lazily; compact them when stale entries pile up.
-            if len(self._waiters) > 2 * self._waiting + 16:
-                self._waiters = deque(w for w in self._waiters if not w.cancelled)
+            self._tidy()
         elif isinstance(grant, Slot):
             self._unhanded += 1
             self._slow -= 1
@@ -968,8 +998,8 @@ class PoolCore(Generic[R]):
             )
         slot.lease = lease + 1
         slot.owner = None
-        slot.uses_left -= 1
         if counted:
+            slot.uses_left -= 1
             self.holds.append(now - slot.acquired_at)
             if broken:
                 self.broken += 1
@@ -977,11 +1007,15 @@ class PoolCore(Generic[R]):
             self._mark_outage(now)
             self._doom(slot)
         else:
-            self._settle(slot, now)
+            self._settle(slot, now, used=counted)
 
-    def _settle(self, slot: Slot[R], now: float) -> None:
+    def _settle(self, slot: Slot[R], now: float, *, used: bool = True) -> None:
         """Place a returned (or newly made, unclaimed) resource: retire it if it is spent,
-        else hand it to the next waiter, else put it on the idle stack."""
+        else hand it to the next waiter, else put it on the idle stack.
+
+        A resource handed out but given back unused (its caller gave up first) has been
+        idle all along: it stays due its check when it was.
+        """
         expires_at = slot.expires_at
         if (
             slot.uses_left <= 0
@@ -991,16 +1025,17 @@ class PoolCore(Generic[R]):
         ):
             self._doom(slot)
             return
-        slot.idle_since = now
+        if used:
+            slot.idle_since = now
         if self._has_check and slot.trusted_since < self._outage_at:
             # It was around when something broke: it must pass a check before reuse.
             slot.fresh_until = slot.fast_until = -INF
             slot.must_check = True
         else:
-            due = now + self.check_after
+            due = slot.idle_since + self.check_after
             slot.fresh_until = due if due < expires_at else expires_at
             slot.fast_until = expires_at
-            slot.must_check = False
+            slot.must_check = not used and self._has_check and now >= due
         waiter = self._next_waiter()
         if waiter is not None:
             self._hand_out(slot, now, waiter)
@@ -1116,10 +1151,14 @@ class PoolCore(Generic[R]):
                     else:
                         next_due = min(next_due, due)
         if self._failing and (self.size < config.min_size or self._waiting):
-            if now >= self._retry_at and self._waiting:
+            if now < self._retry_at:
+                next_due = min(next_due, self._retry_at)
+            elif self._waiting:
                 # Waiters queued while the pool was failing: one may now probe.
                 self._offer_room(now)
-            next_due = min(next_due, self._retry_at)
+            # Past the retry time, a refill probes now if it may; if it may not (another
+            # probe is out, or there is no room), that probe's report or the room freed
+            # calls the housekeeper again: a time already past would have it spin.
         return leaked, next_due
 
     # ------------------------------------------------------------------ reporting
