@@ -16,6 +16,7 @@ in ``_pool_core``); everything else goes through the core's methods.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import sys
 import threading
@@ -407,7 +408,10 @@ class AsyncPool(PoolShell[R]):
         loop = self._loop
         assert loop is not None
         self._timer_at = deadline
-        self._timer = loop.call_later(max(0.0, deadline - _monotonic()), self._on_timer)
+        # Through a weak reference: a pending timer must not keep an abandoned pool
+        # alive (and its ResourceWarning unsaid) until the deadline.
+        delay = max(0.0, deadline - _monotonic())
+        self._timer = loop.call_later(delay, _on_timer, weakref.ref(self))
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -650,6 +654,18 @@ class AsyncPool(PoolShell[R]):
             )
         return loop
 
+    def _abandoned(self) -> None:
+        # The housekeeper holds the pool weakly; left pending, it would be collected
+        # with the pool and asyncio would report "Task was destroyed but it is pending".
+        housekeeper, loop = self._housekeeper, self._loop
+        if housekeeper is None or loop is None or housekeeper.done():
+            return
+        with contextlib.suppress(RuntimeError):  # its loop is closed: nothing can run it
+            if _thread_ident() == self._loop_thread:
+                housekeeper.cancel()
+            else:
+                loop.call_soon_threadsafe(housekeeper.cancel)
+
     def _forget_shell_state(self) -> None:
         self._tasks = set()
         self._creations = set()
@@ -675,6 +691,12 @@ class AsyncPool(PoolShell[R]):
 
 async def _awaited(awaitable: Awaitable[object]) -> object:
     return await awaitable
+
+
+def _on_timer(pool_ref: weakref.ref[AsyncPool[R]]) -> None:
+    pool = pool_ref()
+    if pool is not None:
+        pool._on_timer()
 
 
 def _loop_deadline(deadline: float) -> float | None:

@@ -121,6 +121,10 @@ class PoolShell(Generic[R]):
                 source=self,
                 stacklevel=2,
             )
+            self._abandoned()
+
+    def _abandoned(self) -> None:
+        """The pool is being collected while open: stop what would outlive it."""
 
     # ------------------------------------------------------------------ reporting
 
