@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import psycopg
 import pytest
 
@@ -509,6 +510,7 @@ BAD_ARGUMENTS = [
     ({"pgbouncer": "yes"}, TypeError, "pgbouncer must be a bool"),
     ({"connect_timeout": 0}, ValueError, "connect_timeout must be positive"),
     ({"connect_timeout": -1}, ValueError, "connect_timeout must not be negative"),
+    ({"connect_timeout": float("inf")}, ValueError, "connect_timeout must be a finite number"),
     ({"connect_args": [("a", 1)]}, TypeError, "connect_args must be a mapping"),
     ({"configure": "SET x"}, TypeError, "configure must be callable"),
     ({"acquire_timeout": "soon"}, TypeError, "acquire_timeout must be a number"),
@@ -589,6 +591,24 @@ def test_connect_timeout_follows_acquire_timeout(postgres_dsn: str) -> None:
     }
 
 
+@pytest.mark.parametrize("driver", ["psycopg-threads", *ASYNC_DRIVERS])
+async def test_an_infinite_acquire_timeout_leaves_the_default_connect_timeout(
+    postgres_dsn: str, driver: str
+) -> None:
+    """A pool that waits as long as it takes for a connection still bounds each attempt to
+    connect by the default, as with ``acquire_timeout=None``."""
+    options: dict[str, Any] = {"acquire_timeout": float("inf"), "max_size": 1}
+    if driver == "psycopg-threads":
+        with tether.postgres.pool(postgres_dsn, **options) as pool, pool.acquire() as conn:
+            seen = conn.info.get_parameters()["connect_timeout"]
+        assert seen == "10"
+        return
+    async with async_pool(postgres_dsn, driver, **options) as apool, apool.acquire() as aconn:
+        assert await run_query(aconn) == 1
+        if driver == "psycopg":
+            assert aconn.info.get_parameters()["connect_timeout"] == "10"
+
+
 def test_default_name_describes_the_server_without_secrets() -> None:
     """A pool's default name says user, host, port and database, never the password."""
     pool = tether.postgres.pool("postgresql://alice:s3cret@db.example:6432/shop")
@@ -631,6 +651,109 @@ def test_urls_asyncpg_accepts_are_accepted(dsn: str, name: str) -> None:
     """asyncpg's URLs may list several hosts, each with a port or none, and bracket IPv6
     addresses: the pool takes them, and names itself after them (never the password)."""
     assert tether.postgres.async_pool(dsn).name == name
+
+
+@pytest.mark.parametrize(
+    ("driver", "variable"),
+    [
+        ("psycopg-threads", "PGHOST"),
+        ("psycopg-threads", "PGHOSTADDR"),
+        ("psycopg", "PGHOST"),
+        ("asyncpg", "PGHOST"),  # asyncpg does not read PGHOSTADDR
+    ],
+)
+def test_ports_may_match_hosts_from_the_environment(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch, driver: str, variable: str
+) -> None:
+    """A DSN that names no host takes libpq's (or asyncpg's) from the environment: a list
+    of ports is counted against that list, and the pool connects through the second."""
+    url = urlsplit(postgres_dsn)
+    monkeypatch.setenv(variable, "127.0.0.1,127.0.0.1")
+    if driver == "asyncpg":
+        dsn = f"postgresql://{url.username}@{url.path}?port=1,{url.port or 5432}"
+    else:
+        dsn = f"port=1,{url.port or 5432} dbname={url.path[1:]} user={url.username}"
+
+    async def main() -> object:
+        async with tether.postgres.async_pool(dsn, driver=driver, max_size=1) as apool:  # type: ignore[call-overload]
+            async with apool.acquire() as conn:
+                return await run_query(conn)
+
+    if driver == "psycopg-threads":
+        with tether.postgres.pool(dsn, max_size=1) as pool, pool.acquire() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    else:
+        assert asyncio.run(main()) == 1
+    monkeypatch.setenv(variable, "127.0.0.1,127.0.0.1,127.0.0.1")
+
+    def make() -> object:
+        if driver == "psycopg-threads":
+            return tether.postgres.pool(dsn)
+        return tether.postgres.async_pool(dsn, driver=driver)  # type: ignore[call-overload]
+
+    with pytest.raises(ValueError, match="2 ports given for 3 hosts"):
+        make()
+
+
+# {where}: the test server's "user@host:port/db"; {user}, {db}: its parts.
+URLS_ASYNCPG_REFUSES = [
+    ("postgresql://{user}@127.0.0.1,/{db}", "empty host in the host list"),
+    ("postgresql://{user}@127.0.0.1,,127.0.0.1/{db}", "empty host in the host list"),
+    ("postgresql://{user}@/{db}?host=127.0.0.1&port=notaport", "invalid port 'notaport'"),
+    ("postgresql://{user}@/{db}?host=127.0.0.1&port=5432,", "invalid port ''"),
+    ("postgresql://{user}@/{db}?host=127.0.0.1,&port=5432", "empty host in the host list"),
+    ("postgresql://{user}@/{db}?host=127.0.0.1:x", "invalid port 'x'"),
+    ("postgresql://{user}@/{db}?host=a,b,c&port=1,2", "2 ports given for 3 hosts"),
+    ("postgresql://{where}?sslmode", "bad query field: 'sslmode'"),
+    ("postgresql://{where}?a=1&&b=2", "bad query field: ''"),
+]
+URLS_ASYNCPG_TAKES = [
+    # The query's host and port count only when the network location names no host.
+    ("postgresql:///{db}?host=127.0.0.1&port={port}&user={user}", "{user}@127.0.0.1:{port}/{db}"),
+    ("postgresql://{where}?port=notaport&host=", "{where}"),
+    ("postgresql://{user}@/{db}?host=127.0.0.1:x&port={port}", "{user}@127.0.0.1:{port}/{db}"),
+    ("postgresql://{where}?sslmode=&application_name=tether", "{where}"),
+    ("postgresql://127.0.0.1:{port}?user={user}&dbname={db}", "{user}@127.0.0.1:{port}/{db}"),
+]
+
+
+def url_parts(postgres_dsn: str) -> dict[str, object]:
+    url = urlsplit(postgres_dsn)
+    port = url.port or 5432
+    return {
+        "user": url.username,
+        "db": url.path[1:],
+        "port": port,
+        "where": f"{url.username}@{url.hostname}:{port}{url.path}",
+    }
+
+
+@pytest.mark.parametrize(("template", "message"), URLS_ASYNCPG_REFUSES)
+async def test_urls_asyncpg_cannot_use_are_refused_when_the_pool_is_made(
+    postgres_dsn: str, template: str, message: str
+) -> None:
+    """What asyncpg would refuse only when connecting (and the pool would take for an
+    outage) raises ValueError at once; asyncpg itself does refuse it."""
+    dsn = template.format(**url_parts(postgres_dsn))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tether.postgres.async_pool(dsn)
+    with pytest.raises((ValueError, IndexError, asyncpg.InterfaceError)):
+        await asyncpg.connect(dsn, timeout=GUARD)
+
+
+@pytest.mark.parametrize(("template", "where"), URLS_ASYNCPG_TAKES)
+async def test_urls_asyncpg_takes_are_taken_and_named_alike_by_both_drivers(
+    postgres_dsn: str, template: str, where: str
+) -> None:
+    """A URL asyncpg connects with is taken, and named after the server it reaches, from
+    the query string where the network location says nothing."""
+    parts = url_parts(postgres_dsn)
+    dsn = template.format(**parts)
+    async with tether.postgres.async_pool(dsn, max_size=1) as pool, pool.acquire() as conn:
+        assert await conn.fetchval("SELECT 1") == 1
+    assert pool.name == f"postgres {where.format(**parts)}"
+    if "notaport" not in dsn and "127.0.0.1:x" not in dsn:  # libpq reads every parameter
+        assert tether.postgres.async_pool(dsn, driver="psycopg").name == pool.name
 
 
 @pytest.mark.parametrize("driver", ["psycopg-threads", "psycopg", "asyncpg"])

@@ -5,16 +5,27 @@ Imported only by :mod:`tether.postgres`, once asyncpg is known to be installed.
 Resetting is decided locally (no round trip for a clean connection, unlike asyncpg's own
 pool, which sends ``RESET ALL`` on every release): a connection in a transaction, or
 whose last query was cancelled and may still be running on the server, is rolled back
-once the cancellation has been acknowledged; a closed one is destroyed; any other
-connection goes straight back. asyncpg has no public way to ask whether a cancellation
-is still in flight, nor whether a ``transaction()`` block whose ``BEGIN`` was interrupted
-is still recorded as open; the pool asks the connection's protocol and bookkeeping, as
-asyncpg's own pool does, and destroys the connection if that ever stops being possible.
+once the cancellation has been acknowledged; a closed one, or one given back by a
+cancelled holder with a request still in flight (a query shielded from that
+cancellation), is destroyed (asyncpg's ``close()`` cancels that request first); any other
+connection goes straight back. A request is looked for only when the holder is being
+cancelled: that is how one outlives its block, and the look costs more than the rest of
+a return.
+
+asyncpg has no public way to ask whether a cancellation or a request is still in flight,
+nor whether a ``transaction()`` block whose ``BEGIN`` was interrupted is still recorded
+as open; the pool asks the connection's protocol and bookkeeping, as asyncpg's own pool
+does, and destroys the connection if that ever stops being possible. A request in flight
+is seen through the garbage collector: asyncpg's protocol holds the future its caller
+awaits (and that request's timer) for exactly as long as it refuses another operation
+("another operation is in progress"), and that future, whose callback holds the protocol
+in turn, must be visible to the collector for the cycle to be collectable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
@@ -37,6 +48,13 @@ _LOST: Final = (
     asyncpg.InternalClientError,
     ConnectionError,
 )
+
+
+_current_task: Final = asyncio.current_task
+_IN_FLIGHT: Final = frozenset({asyncio.Future, asyncio.TimerHandle})
+"""What asyncpg's protocol holds only while a request is in flight: the future made by
+``loop.create_future()`` (an ``asyncio.Future`` on asyncio's loops and uvloop alike) and
+its timeout's timer. Exact types, not ``isinstance``: this runs on every return."""
 
 
 def is_broken(error: BaseException) -> bool:
@@ -105,14 +123,24 @@ def async_pool(
             protocol = conn._protocol
             cancelling = protocol._is_cancelling()
             block = conn._top_xact
+            # Set from a statement's preparation to its last row, including the moments
+            # between two requests when the protocol itself is idle.
+            executing = conn._stmt_exclusive_section._acquired
         except AttributeError:
             raise ConnectionStateUnknown(
                 "this asyncpg cannot tell whether a cancelled query is still running, "
                 "or whether a transaction block is still open"
             ) from None
+        if cancelling:  # the cancelled request has no task left waiting for it
+            return _settle(conn, server_timeout)
+        if executing or (_holder_cancelled() and _request_in_flight(protocol)):
+            raise ConnectionStateUnknown(
+                "connection returned with a query still running for another task: "
+                "it cannot be reused"
+            )
         # conn.is_in_transaction(), less a call; `block`: a transaction() whose BEGIN was
         # interrupted leaves asyncpg believing it is open, server or not.
-        if cancelling or block is not None or protocol.is_in_transaction():
+        if block is not None or protocol.is_in_transaction():
             return _settle(conn, server_timeout)
         return None
 
@@ -133,6 +161,30 @@ def async_pool(
         is_broken=is_broken,
         **options,
     )
+
+
+def _holder_cancelled() -> bool:
+    """Whether the task giving the connection back is being cancelled: the way a request
+    it started outlives its block (awaited through ``asyncio.shield``, or by a task of its
+    own). Only then is the costlier look for a request in flight made, not on every
+    return."""
+    task = _current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _request_in_flight(protocol: object) -> bool:
+    """Whether asyncpg's ``protocol`` is waiting for the server on some task's behalf.
+
+    It holds the future that task awaits, and the timer of the request's timeout, from
+    the moment it sends the request until the answer is handed over: what it reads itself
+    to refuse a second operation. Neither is reachable as an attribute (they are C fields
+    of a Cython class), but both are among the objects it holds. A protocol the collector
+    does not track is one whose requests cannot be seen this way: its connections are
+    never trusted.
+    """
+    if not gc.is_tracked(protocol):
+        raise ConnectionStateUnknown("this asyncpg cannot tell whether a query is still running")
+    return not _IN_FLIGHT.isdisjoint(map(type, gc.get_referents(protocol)))
 
 
 async def _settle(conn: Any, timeout: float) -> None:

@@ -7,6 +7,12 @@ connection (no round trip): ``IDLE`` needs nothing; ``INTRANS`` / ``INERROR`` (a
 transaction left open, or failed) needs a ``ROLLBACK``; ``ACTIVE`` (a query still running)
 and ``UNKNOWN`` (the connection is bad) mean its state cannot be trusted, so the pool
 destroys it.
+
+A connection returned ``ACTIVE`` may still have a task waiting on its socket (a query
+shielded from the holder's cancellation, say). Closing the socket under that task would
+leave its file descriptor registered with the event loop, and the next socket to get the
+same number (the pool's next connection, often) would fail. Such a connection is first
+cancelled, and closed once that task has let go of it.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import selectors
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
@@ -194,7 +201,7 @@ def async_pool(
 
     return AsyncPool(
         create,
-        destroy=_aclose,
+        destroy=lambda conn: _aclose(conn, server_timeout),
         check=check,
         reset=reset,
         is_broken=is_broken,
@@ -207,5 +214,37 @@ async def _rollback(conn: psycopg.AsyncConnection[Any], timeout: float) -> None:
         await conn.rollback()
 
 
-async def _aclose(conn: psycopg.AsyncConnection[Any]) -> None:
+async def _aclose(conn: psycopg.AsyncConnection[Any], timeout: float) -> None:
+    """Close ``conn``; if a task is waiting on its socket, cancel that task's query and
+    wait (``timeout`` seconds at most) for it to let go of the connection first.
+
+    A connection abandoned in the middle of a result (a cursor's ``stream()`` left
+    suspended) holds its lock too, but no task waits on its socket, and nothing would
+    ever let go of it: it is closed at once.
+    """
+    if not conn.closed and _socket_watched(conn):
+        try:
+            async with asyncio.timeout(timeout):
+                await conn.cancel_safe()
+                async with conn.lock:
+                    await conn.close()
+                    return
+        except (TimeoutError, psycopg.Error):
+            pass  # still running, or the cancellation failed: close it all the same
     await conn.close()
+
+
+def _socket_watched(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether the event loop is watching ``conn``'s socket for some task.
+
+    asyncio has no public way to ask; its selector event loops answer through their
+    selector. Any other loop (uvloop, say) is assumed to be watching it, which costs at
+    most a wait for the connection's lock.
+    """
+    selector = getattr(asyncio.get_running_loop(), "_selector", None)
+    if not isinstance(selector, selectors.BaseSelector):
+        return True
+    try:
+        return conn.pgconn.socket in selector.get_map()
+    except psycopg.Error:  # no socket: the connection is closed or broken
+        return False

@@ -15,8 +15,9 @@ itself, and :func:`tether.db.transaction` begins, commits and rolls back explici
 
 Returning a connection costs no round trip when it is clean. Whether it needs work is
 read from the driver's local state: a transaction left open (or failed) is rolled back;
-a connection that is closed, or whose state is unknown (a query still running), is
-destroyed. Session settings changed with ``SET`` are not reset.
+a connection that is closed, or whose state is unknown (a query still running, for a
+task that shielded it from the holder's cancellation, say), is destroyed: a query still
+running is cancelled first. Session settings changed with ``SET`` are not reset.
 
 Borrowing a connection costs no round trip either when it was used within the last
 ``check_after`` seconds (1 by default). An older one is checked first with a real round
@@ -43,7 +44,8 @@ When the server goes away:
 
 ``connect_timeout`` bounds each attempt to connect (and, in async pools, each check and
 each rollback on return). It defaults to the pool's ``acquire_timeout``, or 10 s when
-that is ``None``; psycopg counts whole seconds, 2 at least.
+that is ``None`` or infinite; it must be finite itself. psycopg counts whole seconds, 2
+at least.
 
 ``pgbouncer=True`` is for PgBouncer in transaction (or statement) pooling mode, where a
 server connection is shared between transactions: it turns off server-side prepared
@@ -52,9 +54,11 @@ statements (psycopg ``prepare_threshold=None``, asyncpg ``statement_cache_size=0
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal, Unpack, overload
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from ._pool_core import non_negative, timeout_or_none
 from ._pool_options import PoolOptions, pool_options
@@ -170,7 +174,8 @@ def async_pool(
 
     Args:
         dsn: a ``postgresql://`` URL (asyncpg takes URLs only; psycopg also takes
-            ``"key=value"`` strings).
+            ``"key=value"`` strings). With asyncpg, ``host``, ``port``, ``user`` and
+            ``dbname`` query parameters count only where the URL itself leaves them out.
         driver: ``"asyncpg"`` (the default; ``tether[asyncpg]``) or ``"psycopg"``
             (``tether[postgres]``).
         pgbouncer: the server is behind PgBouncer in transaction pooling mode: turn off
@@ -288,13 +293,22 @@ def _check_common(
 
 
 def _connect_timeout(connect_timeout: float | None, options: PoolOptions) -> float:
-    """The bound of one connection attempt: given, else the pool's ``acquire_timeout``."""
+    """The bound of one connection attempt: given, else the pool's ``acquire_timeout``.
+
+    An ``acquire_timeout`` of ``None``, 0 or infinity says nothing about how long a server
+    may take to answer: the default applies. An infinite ``connect_timeout`` is refused
+    rather than read as "no limit": every check and rollback on return is bounded by it,
+    and a connection that never answers would then hold its room in the pool forever.
+    """
     if connect_timeout is not None:
-        if non_negative("connect_timeout", connect_timeout) == 0:
+        seconds = non_negative("connect_timeout", connect_timeout)
+        if seconds == 0:
             raise ValueError("connect_timeout must be positive, got 0")
-        return float(connect_timeout)
+        if not math.isfinite(seconds):
+            raise ValueError(f"connect_timeout must be a finite number of seconds, got {seconds}")
+        return seconds
     acquire_timeout = timeout_or_none("acquire_timeout", options.get("acquire_timeout", 30.0))
-    if not acquire_timeout:
+    if not acquire_timeout or not math.isfinite(acquire_timeout):
         return DEFAULT_CONNECT_TIMEOUT
     return acquire_timeout
 
@@ -325,17 +339,32 @@ def _libpq_parts(dsn: object, name: str | None) -> dict[str, str]:
 def _port_problem(parts: Mapping[str, str]) -> str | None:
     """What libpq would refuse in the ports only when connecting (its parser lets them
     through): a port that is not a number from 1 to 65535, or a list of ports that does
-    not match the list of hosts."""
+    not match the list of hosts.
+
+    The hosts are those libpq will use: the DSN's, else ``PGHOSTADDR`` / ``PGHOST`` from
+    the environment (libpq fills in each key the DSN leaves out). A service file may name
+    them too: then they are unknown here, and the count is left to libpq.
+    """
     if "port" not in parts:
         return None
     ports = [port.strip() for port in parts["port"].split(",")]
     for port in ports:
         if not _valid_port(port):
             return _invalid_port(port)
-    hosts = (parts.get("host") or parts.get("hostaddr") or "").split(",")
-    if len(ports) > 1 and len(ports) != len(hosts):
+    if len(ports) == 1 or "service" in parts or "PGSERVICE" in os.environ:
+        return None
+    hosts = (_libpq_setting(parts, "hostaddr") or _libpq_setting(parts, "host")).split(",")
+    if len(ports) != len(hosts):
         return f"{len(ports)} ports given for {len(hosts)} hosts"
     return None
+
+
+def _libpq_setting(parts: Mapping[str, str], key: str) -> str:
+    """A connection setting as libpq reads it: from the DSN, else from its ``PG...``
+    environment variable (an empty value in the DSN still counts as given)."""
+    if key in parts:
+        return parts[key]
+    return os.environ.get(f"PG{key.upper()}", "")
 
 
 def _valid_port(port: str) -> bool:
@@ -348,8 +377,18 @@ def _invalid_port(port: str) -> str:
 
 
 def _url_parts(dsn: object, name: str | None) -> dict[str, str]:
-    """The parts of a ``postgresql://`` URL, checked as asyncpg will check them: one host
-    or several (``h1:5432,h2:5433``), each with its own port or none."""
+    """The parts of a ``postgresql://`` URL, checked as asyncpg will check them.
+
+    asyncpg reads the hosts from the URL's network location (one or several:
+    ``h1:5432,h2:5433``, each with its own port or none), and only when it names none from
+    the ``host`` and ``port`` query parameters; likewise ``user``, and ``dbname`` (or
+    ``database``) when the path gives none. It parses the query strictly: every field
+    needs an ``=``. What it would refuse only when connecting (an empty host in a list, a
+    port that is not a number, more ports than hosts) is refused here, so that a typo is
+    a ``ValueError`` when the pool is made rather than an outage at the first acquire.
+    Ports are held to 1-65535 and an IPv6 address to nothing but a port after its ``]``,
+    which asyncpg does not check.
+    """
     if not isinstance(dsn, str):
         raise TypeError(f"dsn must be a str, not {type(dsn).__name__}")
     try:
@@ -360,30 +399,78 @@ def _url_parts(dsn: object, name: str | None) -> dict[str, str]:
         raise _invalid_dsn(
             name, f"asyncpg needs a postgresql:// URL, got scheme {url.scheme or 'none'!r}"
         )
+    try:
+        # The last value of a repeated parameter wins, as in asyncpg.
+        query = (
+            {key: values[-1] for key, values in parse_qs(url.query, strict_parsing=True).items()}
+            if url.query
+            else {}
+        )
+    except ValueError as exc:
+        raise _invalid_dsn(name, f"{exc} in the query string") from exc
     userinfo, at, hostlist = url.netloc.partition("@")
     if not at:
         userinfo, hostlist = "", url.netloc
+    if hostlist:
+        # asyncpg ignores the query's host and port then, without reading them.
+        hosts, ports = _url_hosts(name, hostlist, [], percent_encoded=True)
+    else:
+        ports = [port.strip() for port in query["port"].split(",")] if "port" in query else []
+        for port in ports:
+            if not port or not _valid_port(port):
+                raise _invalid_dsn(name, _invalid_port(port))
+        if "host" in query:
+            hosts, ports = _url_hosts(name, query["host"], ports, percent_encoded=False)
+        else:
+            # The hosts come from PGHOST, or are asyncpg's defaults: none of the DSN's
+            # business, but a list of ports must still match PGHOST's list.
+            hosts = []
+            from_environment = os.environ.get("PGHOST", "").split(",")
+            if "PGHOST" in os.environ and len(ports) > 1 and len(ports) != len(from_environment):
+                raise _invalid_dsn(
+                    name, f"{len(ports)} ports given for {len(from_environment)} hosts (PGHOST)"
+                )
+    path = url.path[1:] if url.path.startswith("/") else url.path
+    parts = {
+        "user": unquote(userinfo.partition(":")[0]) or query.get("user", ""),
+        "host": ",".join(hosts),
+        "port": ",".join(ports) if any(ports) else "",
+        "dbname": unquote(path) if url.path else query.get("dbname", query.get("database", "")),
+    }
+    return {key: value for key, value in parts.items() if value}
+
+
+def _url_hosts(
+    name: str | None, hostlist: str, ports: list[str], *, percent_encoded: bool
+) -> tuple[list[str], list[str]]:
+    """The hosts of an asyncpg host list, and their ports: ``ports`` (one for all hosts,
+    or one each) if given, else each host's own (empty for none)."""
+    if not hostlist:
+        return [], ports
+    specs = hostlist.split(",")
+    if len(ports) > 1 and len(ports) != len(specs):
+        raise _invalid_dsn(name, f"{len(ports)} ports given for {len(specs)} hosts")
     hosts: list[str] = []
-    ports: list[str] = []
-    for spec in hostlist.split(",") if hostlist else []:
-        if spec.startswith("["):  # [IPv6 address], then perhaps :port
+    own_ports: list[str] = []
+    for spec in specs:
+        if not spec:
+            raise _invalid_dsn(name, f"empty host in the host list {hostlist!r}")
+        if spec.startswith("/"):  # a Unix socket directory, colons and all
+            host, port = spec, ""
+        elif spec.startswith("["):  # [IPv6 address], then perhaps :port
             address, bracket, rest = spec[1:].partition("]")
             if not bracket or (rest and not rest.startswith(":")):
                 raise _invalid_dsn(name, f"invalid IPv6 address {spec!r}")
             host, port = address, rest[1:]
         else:
             host, _, port = spec.partition(":")
-        if not _valid_port(port):
+        if percent_encoded:
+            host, port = unquote(host), unquote(port)
+        if not ports and not _valid_port(port):
             raise _invalid_dsn(name, _invalid_port(port))
-        hosts.append(unquote(host))
-        ports.append(port)
-    parts = {
-        "user": unquote(userinfo.partition(":")[0]),
-        "host": ",".join(hosts),
-        "port": ",".join(ports) if any(ports) else "",
-        "dbname": unquote(url.path.lstrip("/")),
-    }
-    return {key: value for key, value in parts.items() if value}
+        hosts.append(host)
+        own_ports.append(port)
+    return hosts, ports or own_ports
 
 
 def _describe(parts: Mapping[str, str]) -> str:
