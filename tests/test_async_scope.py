@@ -385,6 +385,75 @@ async def test_body_error_still_wins_over_a_cancellation_during_cleanup() -> Non
     assert task.exception() is body_error
 
 
+async def test_a_cancellation_during_cleanup_reaches_the_task_after_the_body_error() -> None:
+    """The body's error wins, but a ``task.cancel()`` that arrived during the cleanup is not
+    lost: the code that catches the error is cancelled at its next await."""
+    body_error = ValueError("body")
+    log: list[object] = []
+
+    async def work() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            async with AsyncScope() as scope:
+                scope.callback_async(slow_cleanup, log)
+                # Runs once the task waits, which is for its cleanup.
+                asyncio.get_running_loop().call_soon(task.cancel)
+                raise body_error
+        except ValueError as exc:
+            log.append(exc)
+        await asyncio.sleep(0.5)  # failure guard: the cancellation cuts this short
+        log.append("ran on")
+
+    task = asyncio.create_task(work())
+    await asyncio.wait([task])
+    assert (log, task.cancelled()) == (["cleanup start", "cleanup end", body_error], True)
+
+
+async def test_an_asyncio_timeout_expiring_during_cleanup_fires_after_the_body_error() -> None:
+    """An ``asyncio.timeout`` that expires during the cleanup after the body's error fires
+    all the same, in the code that catches that error: TimeoutError, not an overrun."""
+    body_error = ValueError("body")
+    log: list[object] = []
+
+    async def work() -> None:
+        async with asyncio.timeout(None) as deadline:
+            try:
+                async with AsyncScope() as scope:
+                    scope.callback_async(slow_cleanup, log)
+                    deadline.reschedule(asyncio.get_running_loop().time())  # due at once
+                    raise body_error
+            except ValueError as exc:
+                log.append(exc)
+            await asyncio.sleep(0.5)  # failure guard: the deadline cuts this short
+            log.append("ran on")
+
+    assert isinstance(await araised(work), TimeoutError)
+    assert log == ["cleanup start", "cleanup end", body_error]
+
+
+async def test_a_timeout_that_the_body_error_leaves_cancels_nothing_afterwards() -> None:
+    """When the body's error goes out through an ``asyncio.timeout`` that expired during
+    the cleanup, the timeout withdraws its cancellation: the task is not cancelled later."""
+    body_error = ValueError("body")
+
+    async def leaves_through_the_timeout() -> None:
+        async with asyncio.timeout(None) as deadline, AsyncScope() as scope:
+            scope.callback_async(slow_cleanup, [])
+            deadline.reschedule(asyncio.get_running_loop().time())  # due at once
+            raise body_error
+
+    async def work() -> BaseException:
+        error = await araised(leaves_through_the_timeout)
+        await asyncio.sleep(0.01)  # where a stray cancellation would strike
+        return error
+
+    task = asyncio.create_task(work())
+    await asyncio.wait([task])
+    assert not task.cancelled()
+    assert (task.result(), task.cancelling()) == (body_error, 0)
+
+
 # --- cleanup_timeout --------------------------------------------------------------------
 
 

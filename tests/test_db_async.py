@@ -10,6 +10,7 @@ a query.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import linecache
 import uuid
@@ -454,3 +455,194 @@ async def _insert_then_fail(conn: Any) -> None:
     async with tether.db.transaction(conn):
         await conn.execute("INSERT INTO scratch VALUES (1)")
         raise LookupError
+
+
+# --- a cancellation while rolling back after the block's own error -----------------------
+
+LANDINGS = {"task.cancel()": "cancelled", "asyncio.timeout": TimeoutError}
+
+
+async def _cancel_during_the_rollback(
+    transaction: Callable[[], Any], table: str, how: str
+) -> tuple[list[BaseException], object]:
+    """Run, in a task of its own, a block that inserts a row and raises, then is cancelled
+    (``how``) while its rollback runs, and the code around the block, which catches the
+    block's error and goes on. Return the errors it caught, and how the task ended."""
+    block_error = LookupError("the block's own error")
+    caught: list[BaseException] = []
+
+    async def work() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        async with asyncio.timeout(None) as deadline:
+            try:
+                async with transaction() as conn:
+                    await conn.execute(f"INSERT INTO {table} (v) VALUES (1)")
+                    # Either lands when the task next waits: for the shielded rollback.
+                    if how == "task.cancel()":
+                        asyncio.get_running_loop().call_soon(task.cancel)
+                    else:
+                        deadline.reschedule(asyncio.get_running_loop().time())
+                    raise block_error
+            except LookupError as exc:
+                caught.append(exc)
+            await asyncio.sleep(1)  # failure guard: the cancellation cuts this short
+
+    task = asyncio.create_task(work())
+    with anyio.fail_after(GUARD):
+        await asyncio.wait([task])
+    assert caught == [block_error]
+    return caught, "cancelled" if task.cancelled() else type(task.exception())
+
+
+@pytest.mark.parametrize("how", list(LANDINGS))
+async def test_a_cancellation_during_the_rollback_after_the_blocks_error_is_not_lost(
+    case: Case, how: str
+) -> None:
+    """The block raised, and the task is cancelled while the rollback runs: the rollback
+    ends, the block's error propagates (it wins), and the cancellation is not lost: the
+    code that caught the error is cancelled at its next await (``asyncio.timeout`` raises
+    its TimeoutError) instead of running on."""
+    _, ended = await _cancel_during_the_rollback(
+        lambda: tether.db.transaction(case.conn), case.table, how
+    )
+    assert ended == LANDINGS[how]
+    assert (await case.committed(), case.in_transaction()) == ([], False)
+    async with tether.db.transaction(case.conn):
+        await case.insert(2)
+    assert await case.committed() == [2]
+
+
+@pytest.mark.parametrize("how", list(LANDINGS))
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+async def test_a_cancellation_during_the_rollback_through_a_pool_is_not_lost(
+    postgres_dsn: str, driver: str, how: str
+) -> None:
+    """The same for ``transaction(pool)``: the connection goes back to the pool first, and
+    the cancellation reaches the task afterwards."""
+    table = f"tether_tx_{uuid.uuid4().hex[:12]}"
+    pool = tether.postgres.async_pool(postgres_dsn, driver=driver, max_size=1)  # type: ignore[call-overload]
+    async with (
+        pool,
+        await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as observer,
+    ):
+        await observer.execute(f"CREATE TABLE {table} (v int)")
+        try:
+            _, ended = await _cancel_during_the_rollback(
+                lambda: tether.db.transaction(pool), table, how
+            )
+            cursor = await observer.execute(f"SELECT count(*) FROM {table}")
+            committed = await cursor.fetchone()
+        finally:
+            await observer.execute(f"DROP TABLE {table}")
+        stats = pool.stats()
+    assert (ended, committed) == (LANDINGS[how], (0,))
+    assert (stats.in_use, stats.idle, stats.broken) == (0, 1, 0)
+
+
+async def test_a_cancellation_during_the_rollback_after_a_failed_release_is_not_lost(
+    postgres_dsn: str,
+) -> None:
+    """The same when the end of the block fails: an inner block that swallowed a failed
+    statement cannot release its savepoint and rolls back to it, and the task is cancelled
+    meanwhile. The release's error propagates; the cancellation follows it."""
+    import asyncpg
+
+    conn = await asyncpg.connect(postgres_dsn)
+    caught: list[str] = []
+
+    async def work() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+
+        def cancel_once_the_release_failed(query: Any) -> None:
+            # asyncpg calls this soon after the query, when the task already waits for
+            # the shielded rollback to its savepoint.
+            if query.query.startswith("RELEASE") and query.exception is not None:
+                task.cancel()
+
+        conn.add_query_logger(cancel_once_the_release_failed)
+        async with tether.db.transaction(conn):
+            try:
+                async with tether.db.transaction(conn):
+                    with contextlib.suppress(asyncpg.DivisionByZeroError):
+                        await conn.execute("SELECT 1 / 0")
+            except asyncpg.InFailedSQLTransactionError as exc:
+                caught.append(type(exc).__name__)
+            conn.remove_query_logger(cancel_once_the_release_failed)
+            await asyncio.sleep(1)  # failure guard: the cancellation cuts this short
+
+    try:
+        task = asyncio.create_task(work())
+        with anyio.fail_after(GUARD):
+            await asyncio.wait([task])
+        in_transaction = conn.is_in_transaction()
+    finally:
+        await conn.close()
+    assert (caught, task.cancelled(), in_transaction) == (
+        ["InFailedSQLTransactionError"],
+        True,
+        False,
+    )
+
+
+# --- a cancellation while BEGIN is on its way ---------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["asyncpg", "psycopg-autocommit"], indirect=True)
+async def test_a_cancellation_while_begin_is_sent_leaves_no_transaction_open(
+    case: Case,
+) -> None:
+    """Cancelled while its BEGIN is on its way, the block is never entered, but both
+    drivers let BEGIN finish on the server: the block rolls back the transaction BEGIN
+    began. Left open, it would take in the connection's next statements, and the next
+    block would take it for the caller's and only make a savepoint: its rows would never
+    be committed."""
+    entered: list[bool] = []
+
+    async def block() -> None:
+        async with tether.db.transaction(case.conn):
+            entered.append(True)
+
+    with anyio.fail_after(GUARD):
+        task = asyncio.create_task(block())
+        await asyncio.sleep(0)  # the task sends BEGIN and waits for the answer
+        task.cancel()
+        await asyncio.wait([task])
+        await case.execute("SELECT 1")  # whatever the driver had left to finish is done
+    assert (task.cancelled(), entered, case.in_transaction()) == (True, [], False)
+    assert await case.backend_state() == "idle"
+    async with tether.db.transaction(case.conn):
+        await case.insert(1)
+    assert await case.committed() == [1]
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+async def test_a_cancellation_while_a_pool_transaction_begins_leaves_a_clean_connection(
+    postgres_dsn: str, driver: str
+) -> None:
+    """The same through ``transaction(pool)``, cancelled at each of its first awaits: the
+    connection goes back to the pool out of any transaction, and is not destroyed."""
+    pool = tether.postgres.async_pool(postgres_dsn, driver=driver, max_size=1)  # type: ignore[call-overload]
+    async with pool:
+
+        async def block() -> None:
+            async with tether.db.transaction(pool):
+                await asyncio.sleep(GUARD)  # failure guard: cancelled if ever entered
+
+        for awaits in range(1, 4):
+            task = asyncio.create_task(block())
+            for _ in range(awaits):
+                await asyncio.sleep(0)
+            task.cancel()
+            with anyio.fail_after(GUARD):
+                await asyncio.wait([task])
+            async with pool.acquire() as conn:
+                in_transaction = (
+                    conn.is_in_transaction()
+                    if driver == "asyncpg"
+                    else conn.info.transaction_status != 0
+                )
+            assert (task.cancelled(), in_transaction) == (True, False)
+        stats = pool.stats()
+    assert (stats.created, stats.broken) == (1, 0)

@@ -9,12 +9,16 @@ What committed is always read through a second connection.
 from __future__ import annotations
 
 import contextlib
+import signal
 import sqlite3
 import sys
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -405,3 +409,122 @@ def test_a_failed_commit_through_a_pool_returns_the_connection(tmp_path: Path) -
             )
         stats = pool.stats()
     assert (stats.in_use, stats.created) == (0, 1)
+
+
+# --- Ctrl-C while BEGIN is in flight -------------------------------------------------------
+
+GUARD = 15.0  # seconds: a failure guard only, never a measurement
+
+
+@contextlib.contextmanager
+def ctrl_c_when(ready: Callable[[], bool], then: Callable[[], None]) -> Iterator[None]:
+    """Press Ctrl-C (a real SIGINT to the main thread) as soon as ``ready()`` says so, then
+    call ``then()`` to let the main thread's wait end.
+
+    (The main thread runs the signal's handler on its way back to Python, once its wait
+    has ended. The signal is sent again every 50 ms until it has, as a user would press
+    Ctrl-C again; only the first one raises KeyboardInterrupt.)
+    """
+    assert threading.current_thread() is threading.main_thread()
+    interrupted = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if not interrupted.is_set():
+            interrupted.set()
+            raise KeyboardInterrupt
+
+    def press() -> None:
+        deadline = time.monotonic() + GUARD
+        while not ready() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        main = threading.main_thread().ident or 0
+        signal.pthread_kill(main, signal.SIGINT)
+        then()
+        while not interrupted.wait(0.05) and time.monotonic() < deadline:
+            signal.pthread_kill(main, signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    presser = threading.Thread(target=press)
+    try:
+        presser.start()
+        yield
+    finally:
+        presser.join(GUARD)
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_while_psycopg_sends_begin_leaves_no_transaction_open(
+    postgres_dsn: str, tcp_proxy: Callable[[str, int], Any]
+) -> None:
+    """Ctrl-C while BEGIN is on its way: psycopg lets BEGIN finish on the server before it
+    raises KeyboardInterrupt, and the block rolls back the transaction BEGIN began. Left
+    open, it would take in the connection's next statements, and the next block would
+    take it for the caller's and only make a savepoint: its rows never committed."""
+    import psycopg
+
+    from infra.fixtures import proxied_dsn
+
+    address = urlsplit(postgres_dsn)
+    proxy = tcp_proxy(address.hostname or "127.0.0.1", address.port or 5432)
+    table = f"tether_tx_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as observer:
+        observer.execute(f"CREATE TABLE {table} (v int)")
+        try:
+            with psycopg.connect(proxied_dsn(postgres_dsn, proxy), autocommit=True) as conn:
+                case = Case("psycopg-autocommit", conn, observer, table)
+                proxy.blackhole()  # BEGIN waits in the proxy until Ctrl-C is pressed
+
+                active = psycopg.pq.TransactionStatus.ACTIVE
+
+                def sending() -> bool:
+                    return bool(conn.pgconn.transaction_status == active)
+
+                entered = False
+                with ctrl_c_when(sending, then=proxy.restore), pytest.raises(KeyboardInterrupt):
+                    with tether.db.transaction(conn):
+                        entered = True  # pragma: no cover - interrupted before
+                pid = conn.info.backend_pid
+                state = observer.execute(
+                    "SELECT state FROM pg_stat_activity WHERE pid = %s", (pid,)
+                ).fetchone()
+                assert (entered, case.in_transaction(), state) == (False, False, ("idle",))
+                with tether.db.transaction(conn):
+                    case.insert(1)
+                assert case.committed() == [1]
+        finally:
+            observer.execute(f"DROP TABLE {table}")
+
+
+def test_ctrl_c_while_sqlite_begin_waits_for_the_lock_leaves_no_transaction_open(
+    tmp_path: Path,
+) -> None:
+    """sqlite3: Ctrl-C while ``BEGIN IMMEDIATE`` waits for another connection's write
+    lock. KeyboardInterrupt is raised once BEGIN has returned with the lock, and the block
+    rolls back the transaction BEGIN began instead of keeping the lock from everyone."""
+    import tether.sqlite
+
+    begin = tether.db._Sqlite.begin.__code__
+    main = threading.main_thread().ident or 0
+
+    def waiting_in_begin() -> bool:
+        frame = sys._current_frames().get(main)
+        while frame is not None and frame.f_code is not begin:
+            frame = frame.f_back
+        return frame is not None
+
+    path = tmp_path / "db.sqlite"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    with tether.sqlite.pool(path, transaction_mode="IMMEDIATE", max_size=1) as pool:
+        with pool.acquire() as conn:
+            writer.execute("BEGIN IMMEDIATE")  # holds the write lock
+            with (
+                ctrl_c_when(waiting_in_begin, then=lambda: writer.execute("COMMIT")),
+                pytest.raises(KeyboardInterrupt),
+            ):
+                with tether.db.transaction(conn):
+                    pass  # pragma: no cover - interrupted before
+            in_transaction = conn.in_transaction
+            writer.execute("BEGIN IMMEDIATE")  # would time out if the lock were still held
+            writer.execute("COMMIT")
+    writer.close()
+    assert in_transaction is False

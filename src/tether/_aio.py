@@ -14,7 +14,8 @@ the task afterwards. Three kinds of cancellation exist where tether runs:
 own and waits for it, absorbing cancellations meanwhile (and, when anyio is loaded, inside
 a shielded anyio scope so that anyio does not retry its delivery in a busy loop); on trio
 it uses a shielded trio cancel scope. Afterwards, a cancellation that arrived meanwhile is
-raised again.
+raised again; a caller whose own error must win over it hands it back to the task with
+:func:`redeliver_cancellation` instead.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ from collections.abc import Coroutine
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Generic, TypeVar, final
 
-__all__ = ["ShieldedOutcome", "current_async_library", "run_shielded", "run_shielded_outcome"]
+__all__ = [
+    "ShieldedOutcome",
+    "current_async_library",
+    "redeliver_cancellation",
+    "run_shielded",
+    "run_shielded_outcome",
+]
 
 T = TypeVar("T")
 
@@ -69,8 +76,10 @@ class ShieldedOutcome(Generic[T]):
         self.error = error
         self.cancelled = cancelled
         """A plain asyncio cancellation reached the caller while the cleanup ran; the
-        caller owes it a ``raise asyncio.CancelledError`` once its own cleanup is done.
-        (anyio and trio cancel scopes deliver theirs again by themselves.)"""
+        caller owes it a ``raise asyncio.CancelledError`` once its own cleanup is done,
+        or, when it raises an error of its own instead, a call to
+        :func:`redeliver_cancellation`. (anyio and trio cancel scopes deliver theirs again
+        by themselves.)"""
 
 
 async def run_shielded(coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
@@ -140,6 +149,41 @@ async def _run_shielded_asyncio(
     if error is not None:
         return ShieldedOutcome(None, error, cancelled=cancelled)
     return ShieldedOutcome(task.result(), None, cancelled=cancelled)
+
+
+def redeliver_cancellation(raising: BaseException) -> None:
+    """Hand a cancellation that a shielded cleanup absorbed back to the current task.
+
+    For a caller that raises ``raising``, an error that wins over the cancellation, rather
+    than the ``CancelledError`` it owes (:attr:`ShieldedOutcome.cancelled`): ``raising``
+    propagates, and the task is cancelled again at its next await, as though the
+    cancellation had arrived just then. The task's count of cancellation requests
+    (``task.cancelling()``) is left as it is, so an expired ``asyncio.timeout`` still
+    turns the cancellation into its ``TimeoutError``. Call it only once nothing is left to
+    await before ``raising`` leaves the caller.
+
+    Args:
+        raising: what the caller raises. A ``CancelledError`` carries the cancellation on
+            by itself: nothing is redelivered then.
+    """
+    if isinstance(raising, asyncio.CancelledError):
+        return
+    task = asyncio.current_task()
+    requests = 0 if task is None else task.cancelling()
+    if task is not None and requests:  # (else the request was withdrawn already)
+        # Not task.cancel() now: the party that cancelled may withdraw its request before
+        # the next await, as asyncio.timeout does (with uncancel()) when `raising` goes out
+        # through it, and before Python 3.13 uncancel() does not disarm a cancel() made
+        # already. This callback runs before the task's next step, so the cancellation
+        # still reaches the next await if the request stands by then.
+        task.get_loop().call_soon(_redeliver, task, requests)
+
+
+def _redeliver(task: asyncio.Task[Any], requests: int) -> None:
+    if not task.done() and task.cancelling() >= requests:
+        # The same request again, not a new one: the count must not grow.
+        task.uncancel()
+        task.cancel()
 
 
 def _overran(timeout: float | None) -> TimeoutError:

@@ -11,7 +11,8 @@ A :class:`Scope` is what :class:`contextlib.ExitStack` is, with three difference
   chain of ``__context__`` links.
 * **Async cleanups survive cancellation** (:class:`AsyncScope`): each one runs shielded
   through :func:`tether._aio.run_shielded_outcome`, optionally bounded by
-  ``cleanup_timeout``, and the cancellation is delivered once every cleanup has run.
+  ``cleanup_timeout``, and the cancellation is delivered once every cleanup has run (at
+  the next await after the body's error, when that propagates instead).
 
 The error rule, for the exception a ``with`` block (or ``close()``) ends with:
 
@@ -465,9 +466,10 @@ class AsyncScope(_ScopeBase):
 
     * if the body raised (a cancellation included), that exception propagates as in the
       error rule, even when a cancellation arrived during the cleanups: the real error is
-      never masked. (An anyio or trio cancel scope stays cancelled, so code still inside
-      it is cancelled at its next checkpoint; a plain asyncio cancellation stays counted
-      in ``task.cancelling()``.)
+      never masked. The cancellation is not lost for that: code that catches the error
+      is cancelled at its next await (an anyio or trio cancel scope stays cancelled; a
+      plain asyncio cancellation is delivered again, so an expired ``asyncio.timeout``
+      still raises its ``TimeoutError``).
     * if the body succeeded and the task was cancelled during the cleanups, the task ends
       cancelled, and that cancellation carries the cleanup errors, if any, as the body's
       exception would.
@@ -615,7 +617,10 @@ class AsyncScope(_ScopeBase):
         self._stack.append((_ACALL, fn, _pack(args, kwargs), name))
 
     async def _aunwind(self, body_error: BaseException | None) -> bool:
-        from ._aio import run_shielded_outcome  # noqa: PLC0415 - keeps asyncio out of `import tether`
+        from ._aio import (  # noqa: PLC0415 - keeps asyncio out of `import tether`
+            redeliver_cancellation,
+            run_shielded_outcome,
+        )
 
         self._state = _CLOSING
         stack = self._stack
@@ -658,6 +663,11 @@ class AsyncScope(_ScopeBase):
                 if unwind.failures:
                     _attach(cancellation, unwind.failures, self._label())
                 raise cancellation
+        elif cancelled:
+            # The body's error wins over a plain asyncio cancellation that run_shielded
+            # absorbed, but the task still owes it: it lands at the task's next await.
+            # (A cancel scope delivers its own again there by itself.)
+            redeliver_cancellation(unwind.body_error)
         return unwind.finish(self._label())
 
 

@@ -11,10 +11,13 @@
 The block commits when it succeeds and rolls back when it raises anything at all:
 an exception, ``KeyboardInterrupt``, or a cancellation (the rollback of an async
 transaction runs shielded from the cancellation, which is delivered once it is done). A
-commit that fails raises its error, after rolling back whatever the database left open.
-When the rollback itself fails, the block's own error still propagates, carrying the
-rollback's error the way a :class:`~tether.Scope` attaches a failed cleanup (a note, and
-:func:`tether.cleanup_errors`).
+commit that fails raises its error, after rolling back whatever the database left open;
+so does a ``BEGIN`` that fails or is interrupted (a cancellation, ``KeyboardInterrupt``)
+after the server began the transaction. When the rollback itself fails, the block's own
+error still propagates, carrying the rollback's error the way a :class:`~tether.Scope`
+attaches a failed cleanup (a note, and :func:`tether.cleanup_errors`). A cancellation
+that arrives while the rollback runs after such an error is not lost either: the error
+propagates, and the task is cancelled at its next await.
 
 Nesting: a ``transaction()`` entered while the connection is already in a transaction
 (one of tether's, or one the caller began) is a savepoint: ``SAVEPOINT``, then ``RELEASE
@@ -102,6 +105,9 @@ class _SyncDriver(Protocol):
 
     def in_transaction(self, conn: Any) -> bool: ...
     def begin(self, conn: Any) -> None: ...
+    def begun(self, conn: Any) -> bool:
+        """After a ``BEGIN`` that raised: whether it began the transaction all the same."""
+
     def commit(self, conn: Any) -> None: ...
     def rollback(self, conn: Any) -> None: ...
     def execute(self, conn: Any, statement: str) -> None: ...
@@ -112,6 +118,9 @@ class _AsyncDriver(Protocol):
 
     def in_transaction(self, conn: Any) -> bool: ...
     async def begin(self, conn: Any) -> None: ...
+    async def begun(self, conn: Any) -> bool:
+        """After a ``BEGIN`` that raised: whether it began the transaction all the same."""
+
     async def commit(self, conn: Any) -> None: ...
     async def rollback(self, conn: Any) -> None: ...
     async def execute(self, conn: Any, statement: str) -> None: ...
@@ -133,6 +142,11 @@ class _Sqlite:
     def begin(self, conn: sqlite3.Connection) -> None:
         if not self._pep249(conn):
             conn.execute(getattr(conn, "tether_begin", "BEGIN"))
+
+    def begun(self, conn: sqlite3.Connection) -> bool:
+        # sqlite3 runs a statement to its end before a KeyboardInterrupt is raised, and
+        # the connection knows how it ended.
+        return self.in_transaction(conn)
 
     def commit(self, conn: sqlite3.Connection) -> None:
         if self._pep249(conn):
@@ -158,7 +172,15 @@ def _psycopg_status(conn: Any) -> int:
 # libpq's PGTransactionStatusType values (psycopg.pq.TransactionStatus); plain ints so
 # that this module does not import psycopg.
 _IDLE: Final = 0
+_INTRANS: Final = 2
 _INERROR: Final = 3
+
+
+def _psycopg_begun(conn: Any) -> bool:
+    # psycopg lets a BEGIN that is interrupted (KeyboardInterrupt, a cancellation) finish
+    # before it raises. Not merely "not idle": a lost connection's status is UNKNOWN, and
+    # the server rolls back a session it lost by itself.
+    return _psycopg_status(conn) in (_INTRANS, _INERROR)
 
 
 @final
@@ -171,6 +193,9 @@ class _Psycopg:
     def begin(self, conn: psycopg.Connection[Any]) -> None:
         if conn.autocommit:
             conn.execute("BEGIN")
+
+    def begun(self, conn: psycopg.Connection[Any]) -> bool:
+        return _psycopg_begun(conn)
 
     def commit(self, conn: psycopg.Connection[Any]) -> None:
         if _psycopg_status(conn) == _INERROR:
@@ -197,6 +222,9 @@ class _AsyncPsycopg:
         if conn.autocommit:
             await conn.execute("BEGIN")
 
+    async def begun(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        return _psycopg_begun(conn)
+
     async def commit(self, conn: psycopg.AsyncConnection[Any]) -> None:
         if _psycopg_status(conn) == _INERROR:
             await conn.rollback()
@@ -219,6 +247,21 @@ class _Asyncpg:
 
     async def begin(self, conn: Any) -> None:
         await conn.execute("BEGIN")
+
+    async def begun(self, conn: Any) -> bool:
+        # A cancelled BEGIN goes on in the background: asyncpg asks the server to cancel
+        # it and only learns whether it began a transaction when the server answers. Wait
+        # for that, as the pool's reset does (asyncpg has no public way to).
+        try:
+            protocol = conn._protocol
+            cancelling = protocol._is_cancelling()
+        except AttributeError:
+            # An asyncpg that cannot say: assume the worst. ROLLBACK waits for the
+            # cancellation, and outside a transaction it merely draws a server warning.
+            return True
+        if cancelling:
+            await protocol._wait_for_cancellation()
+        return bool(conn.is_in_transaction())
 
     async def commit(self, conn: Any) -> None:
         # COMMIT of an aborted transaction "succeeds" with the tag ROLLBACK.
@@ -381,13 +424,20 @@ class Transaction(Generic[C]):
         driver = self._driver
         assert driver is not None
         depth = self._depth = _enter(conn)
+        began = False
         try:
             if depth == 0 and not driver.in_transaction(conn):
+                began = True
                 driver.begin(conn)
             else:
                 self._savepoint = _savepoint(depth)
                 driver.execute(conn, f"SAVEPOINT {self._savepoint}")
-        except BaseException:
+        except BaseException as error:
+            # A BEGIN interrupted by KeyboardInterrupt may have begun the transaction all
+            # the same: left open, it would swallow the connection's next statements, and
+            # the next block on it would take it for the caller's and only make a savepoint.
+            if began and driver.begun(conn):
+                self._undo(conn, error)
             _leave(conn, depth)
             raise
 
@@ -460,10 +510,11 @@ class AsyncTransaction(Generic[C]):
     """An asynchronous transaction block (what :func:`transaction` returns for async use).
 
     Its value is the connection. Enter it once, with ``async with``. The rollback runs
-    shielded from cancellation.
+    shielded from cancellation; a cancellation that arrives meanwhile reaches the task
+    afterwards, even when the block's own error is what propagates.
     """
 
-    __slots__ = ("_acquire", "_conn", "_depth", "_driver", "_savepoint", "_state")
+    __slots__ = ("_acquire", "_cancelled", "_conn", "_depth", "_driver", "_savepoint", "_state")
 
     def __init__(
         self,
@@ -477,6 +528,8 @@ class AsyncTransaction(Generic[C]):
         self._savepoint: str | None = None
         self._depth = 0
         self._state = 0
+        # A plain asyncio cancellation reached the task while a rollback ran shielded.
+        self._cancelled = False
 
     async def __aenter__(self) -> C:
         if self._state:
@@ -486,18 +539,19 @@ class AsyncTransaction(Generic[C]):
         if acquire is None:
             conn = self._conn
             assert conn is not None
-            await self._begin(conn)
-            return conn
-        conn = await acquire.__aenter__()
-        self._driver = _async_driver(conn)
-        if self._driver is None:
-            await acquire.__aexit__(None, None, None)
-            raise _unsupported(conn)
-        self._conn = conn
+        else:
+            conn = await acquire.__aenter__()
+            self._driver = _async_driver(conn)
+            if self._driver is None:
+                await acquire.__aexit__(None, None, None)
+                raise _unsupported(conn)
+            self._conn = conn
         try:
             await self._begin(conn)
         except BaseException as error:
-            await acquire.__aexit__(type(error), error, error.__traceback__)
+            if acquire is not None:
+                await acquire.__aexit__(type(error), error, error.__traceback__)
+            self._pass_on_cancellation(error)
             raise
         return conn
 
@@ -505,13 +559,19 @@ class AsyncTransaction(Generic[C]):
         driver = self._driver
         assert driver is not None
         depth = self._depth = _enter(conn)
+        began = False
         try:
             if depth == 0 and not driver.in_transaction(conn):
+                began = True
                 await driver.begin(conn)
             else:
                 self._savepoint = _savepoint(depth)
                 await driver.execute(conn, f"SAVEPOINT {self._savepoint}")
-        except BaseException:
+        except BaseException as error:
+            # Both drivers let a cancelled BEGIN finish on the server: the transaction it
+            # began must not outlive the block (see Transaction._begin).
+            if began:
+                await self._undo(conn, error, begun=True)
             _leave(conn, depth)
             raise
 
@@ -534,10 +594,13 @@ class AsyncTransaction(Generic[C]):
             _leave(conn, self._depth)
             if acquire is not None:
                 await acquire.__aexit__(type(error), error, error.__traceback__)
+            self._pass_on_cancellation(error)
             raise
         _leave(conn, self._depth)
         if acquire is not None:
             await acquire.__aexit__(exc_type, exc, tb)
+        if exc is not None:
+            self._pass_on_cancellation(exc)
 
     async def _finish(self, conn: C) -> None:
         driver = self._driver
@@ -553,14 +616,33 @@ class AsyncTransaction(Generic[C]):
                 await self._undo(conn, error)
             raise
 
-    async def _undo(self, conn: C, error: BaseException) -> None:
+    async def _undo(self, conn: C, error: BaseException, *, begun: bool = False) -> None:
         """Roll back after ``error``, shielded from cancellation; a failure of the
-        rollback is attached to ``error``, which propagates in any case."""
+        rollback is attached to ``error``, which propagates in any case.
+
+        With ``begun``, ``error`` came from ``BEGIN``: roll back only if the driver says
+        that it began the transaction all the same.
+        """
         from ._aio import run_shielded_outcome  # noqa: PLC0415 - async callers only
 
-        outcome = await run_shielded_outcome(_rollback(self._driver, conn, self._savepoint))
+        driver = self._driver
+        cleanup = (
+            _rollback_begun(driver, conn) if begun else _rollback(driver, conn, self._savepoint)
+        )
+        outcome = await run_shielded_outcome(cleanup)
         if outcome.error is not None:
             _attach(error, [(_label(self._savepoint), outcome.error)], _SCOPE)
+        # A cancellation that arrived meanwhile is passed on once the block is over (its
+        # connection back in its pool, if it came from one): see _pass_on_cancellation.
+        self._cancelled = self._cancelled or outcome.cancelled
+
+    def _pass_on_cancellation(self, error: BaseException) -> None:
+        """``error`` wins over a cancellation that arrived while a rollback ran, but the
+        task must still get it: at its next await, when ``error`` has left the block."""
+        if self._cancelled:
+            from ._aio import redeliver_cancellation  # noqa: PLC0415 - async callers only
+
+            redeliver_cancellation(error)
 
     def __enter__(self) -> NoReturn:
         raise TypeError(
@@ -579,3 +661,10 @@ async def _rollback(driver: _AsyncDriver | None, conn: object, savepoint: str | 
     else:
         await driver.execute(conn, f"ROLLBACK TO SAVEPOINT {savepoint}")
         await driver.execute(conn, f"RELEASE SAVEPOINT {savepoint}")
+
+
+async def _rollback_begun(driver: _AsyncDriver | None, conn: object) -> None:
+    """Roll back what a ``BEGIN`` that raised began all the same, if anything."""
+    assert driver is not None
+    if await driver.begun(conn):
+        await driver.rollback(conn)
