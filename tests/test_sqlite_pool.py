@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import inspect
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,56 @@ GUARD = 15.0  # seconds: a failure guard only, never a measurement
 def count(conn: sqlite3.Connection, table: str = "t") -> int:
     (n,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
     return int(n)
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, sqlite3.Connection]]:
+    """Every connection sqlite3.connect opens during the test, with the database named."""
+    connections: list[tuple[str, sqlite3.Connection]] = []
+    real_connect = sqlite3.connect
+
+    def recording_connect(database: str, *args: object, **kwargs: object) -> sqlite3.Connection:
+        conn = real_connect(database, *args, **kwargs)  # type: ignore[call-overload]
+        connections.append((database, conn))
+        return conn  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(sqlite3, "connect", recording_connect)
+    return connections
+
+
+def still_open(opened: list[tuple[str, sqlite3.Connection]]) -> list[sqlite3.Connection]:
+    """The connections of ``opened`` that have not been closed."""
+    left = []
+    for _, conn in opened:
+        try:
+            conn.execute("SELECT 1")
+        except sqlite3.ProgrammingError:
+            continue
+        left.append(conn)
+    return left
+
+
+def wait_until_idle_closed(pool: tether.Pool[sqlite3.Connection]) -> None:
+    """Wait for max_idle to close every connection of ``pool``."""
+    deadline = time.monotonic() + GUARD
+    while pool.stats().size and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pool.stats().size == 0
+
+
+def insert_elsewhere(path: Path, value: object) -> None:
+    """Commit a row into ``t`` from a connection outside the pool, failing at once if the
+    database is locked."""
+    with closing(sqlite3.connect(path, timeout=0, isolation_level=None)) as other:
+        other.execute("INSERT INTO t VALUES (?)", (value,))
+
+
+def is_closed(cursor: sqlite3.Cursor) -> bool:
+    try:
+        cursor.fetchone()
+    except sqlite3.ProgrammingError as error:
+        return "closed cursor" in str(error)
+    return False
 
 
 def test_threads_share_a_file_with_transactions_and_wal(tmp_path: Path) -> None:
@@ -120,10 +173,7 @@ def test_memory_database_survives_every_connection_being_idle_closed() -> None:
         with pool.acquire() as conn:
             conn.execute("CREATE TABLE t (v)")
             conn.execute("INSERT INTO t VALUES (42)")
-        deadline = time.monotonic() + GUARD
-        while pool.stats().size and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert pool.stats().size == 0
+        wait_until_idle_closed(pool)
         with pool.acquire() as conn:
             assert conn.execute("SELECT v FROM t").fetchall() == [(42,)]
 
@@ -156,29 +206,94 @@ def test_memory_database_writers_wait_for_each_other() -> None:
             assert (outcome, count(conn)) == (["committed"], 2)
 
 
-def test_memory_database_keeper_is_closed_with_the_last_connection(
-    monkeypatch: pytest.MonkeyPatch,
+def test_memory_database_keeper_is_closed_with_the_pool(
+    opened: list[tuple[str, sqlite3.Connection]],
 ) -> None:
     """The connection that keeps ``:memory:`` alive is closed once the pool has closed."""
-    opened: list[sqlite3.Connection] = []
-    real_connect = sqlite3.connect
-
-    def recording_connect(*args: object, **kwargs: object) -> sqlite3.Connection:
-        conn = real_connect(*args, **kwargs)  # type: ignore[call-overload]
-        opened.append(conn)
-        return conn  # type: ignore[no-any-return]
-
-    monkeypatch.setattr(sqlite3, "connect", recording_connect)
     with tether.sqlite.pool(":memory:", max_size=1) as pool:
         with pool.acquire() as conn:
             conn.execute("SELECT 1")
-    closed = []
-    for conn in opened:
-        try:
-            conn.execute("SELECT 1")
-        except sqlite3.ProgrammingError:
-            closed.append(conn)
-    assert (len(opened), len(closed)) == (2, 2)
+    assert (len(opened), still_open(opened)) == (2, [])
+
+
+def test_memory_database_is_freed_on_close_after_max_idle_closed_every_connection(
+    opened: list[tuple[str, sqlite3.Connection]],
+) -> None:
+    """With no pooled connection left (max_idle closed them all), closing the pool still
+    frees the in-memory database, though the pool object lives on."""
+    pool = tether.sqlite.pool(":memory:", max_size=2, max_idle=0.01)
+    with pool:
+        with pool.acquire() as conn:
+            conn.execute("CREATE TABLE t (v)")
+        wait_until_idle_closed(pool)
+    ((database, _), *_) = opened
+    assert still_open(opened) == []
+    with closing(sqlite3.connect(database, uri=True)) as anew:
+        assert count(anew, "sqlite_master") == 0  # a new, empty database of that name
+
+
+def test_memory_database_keeper_is_closed_when_open_fails(
+    opened: list[tuple[str, sqlite3.Connection]],
+) -> None:
+    """``configure`` failing while ``open()`` makes ``min_size`` connections closes the pool
+    and every connection it opened."""
+
+    def broken(conn: sqlite3.Connection) -> None:
+        raise RuntimeError("bad pragma")
+
+    pool = tether.sqlite.pool(":memory:", min_size=1, configure=broken)
+    with pytest.raises(RuntimeError, match="bad pragma"):
+        pool.open()
+    assert (pool.closed, len(opened), still_open(opened)) == (True, 2, [])
+
+
+def test_memory_database_stays_for_a_connection_held_at_close(
+    opened: list[tuple[str, sqlite3.Connection]],
+) -> None:
+    """A connection held when the pool closes still has the database until it returns."""
+    pool = tether.sqlite.pool(":memory:")
+    pool.open()
+    conn = pool.get()
+    conn.execute("CREATE TABLE t (v)")
+    pool.close()
+    conn.execute("INSERT INTO t VALUES (1)")
+    assert (count(conn), still_open(opened)) == (1, [conn])  # the keeper is closed
+    pool.put(conn)
+    assert still_open(opened) == []
+
+
+def test_memory_database_keeper_is_not_made_again_after_close(
+    opened: list[tuple[str, sqlite3.Connection]],
+) -> None:
+    """A creation that starts after the close (in a thread given room just before it)
+    opens its own connection, which the pool retires, and no keeper that would outlive
+    the pool."""
+    pool = tether.sqlite.pool(":memory:")
+    with pool:
+        pass
+    late = pool._create()  # what that thread runs
+    late.close()  # what the pool then does
+    assert (len(opened), still_open(opened)) == (1, [])
+
+
+def test_memory_database_outlives_a_close_refused_for_its_timeout() -> None:
+    """``close(timeout=-1)`` is refused before anything closes: the pool and its database
+    carry on."""
+    with tether.sqlite.pool(":memory:") as pool:
+        with pool.acquire() as conn:
+            conn.execute("CREATE TABLE t (v)")
+        with pytest.raises(ValueError, match="timeout must not be negative"):
+            pool.close(timeout=-1)
+        with pool.acquire() as conn:
+            assert (pool.closed, count(conn)) == (False, 0)
+
+
+def test_close_taken_from_a_memory_pool_since_collected_does_nothing() -> None:
+    """``pool.close`` holds its ``:memory:`` pool weakly: called after the pool was
+    collected (its finalizer released the database), it does nothing."""
+    close = tether.sqlite.pool(":memory:").close
+    gc.collect()
+    assert close() is None
 
 
 def test_shared_cache_fallback_without_memdb(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -220,6 +335,72 @@ def test_immediate_transactions_take_the_write_lock_at_begin(tmp_path: Path) -> 
                 with tether.db.transaction(pool):
                     pass  # never reached: BEGIN IMMEDIATE fails
         assert pool.stats().in_use == 0
+
+
+@pytest.mark.parametrize(
+    "make_cursor",
+    [
+        pytest.param(lambda conn: conn.execute("SELECT v FROM t"), id="execute"),
+        pytest.param(lambda conn: conn.cursor().execute("SELECT v FROM t"), id="cursor"),
+        pytest.param(
+            lambda conn: conn.cursor(factory=sqlite3.Cursor).execute("SELECT v FROM t"),
+            id="cursor-factory",
+        ),
+    ],
+)
+def test_a_query_left_unfinished_is_closed_on_return(
+    tmp_path: Path, make_cursor: Callable[[sqlite3.Connection], sqlite3.Cursor]
+) -> None:
+    """A query not read to the end keeps SQLite's read transaction open, in autocommit mode
+    too. Its cursor is closed on return: the connection's next holder sees what others
+    committed meanwhile, and can write at once."""
+    path = tmp_path / "db.sqlite"
+    with tether.sqlite.pool(path, max_size=1, busy_timeout=0) as pool:
+        with pool.acquire() as conn:
+            conn.execute("CREATE TABLE t (v)")
+            conn.executemany("INSERT INTO t VALUES (?)", [(1,), (2,), (3,)])
+        with pool.acquire() as conn:
+            cursor = make_cursor(conn)
+            assert (cursor.fetchone(), conn.in_transaction) == ((1,), False)
+        insert_elsewhere(path, 4)
+        with pool.acquire() as again, tether.db.transaction(again):
+            assert (again is conn, count(again)) == (True, 4)
+            again.execute("INSERT INTO t VALUES (5)")
+        assert is_closed(cursor)
+        with pool.acquire() as conn:
+            assert count(conn) == 5
+        assert pool.stats().created == 1  # cleaned and reused, not replaced
+
+
+def test_a_blob_left_open_is_closed_on_return(tmp_path: Path) -> None:
+    """An open writable blob holds the write lock; returning its connection closes it,
+    keeping what was written, and other connections can write again."""
+    path = tmp_path / "db.sqlite"
+    with tether.sqlite.pool(path, max_size=1) as pool:
+        with pool.acquire() as conn:
+            conn.execute("CREATE TABLE t (v)")
+            conn.execute("INSERT INTO t VALUES (zeroblob(4))")
+            blob = conn.blobopen("t", "v", 1)
+            blob.write(b"abcd")
+        insert_elsewhere(path, b"efgh")
+        with pool.acquire() as conn:
+            assert conn.execute("SELECT v FROM t").fetchall() == [(b"abcd",), (b"efgh",)]
+        with pytest.raises(sqlite3.ProgrammingError, match="closed blob"):
+            blob.read()
+
+
+def test_every_cursor_left_open_is_closed_among_many_dropped_ones() -> None:
+    """Cursors kept among hundreds dropped at once are all closed on return (the dropped
+    ones are forgotten as the holder goes on: remembering them costs no memory)."""
+    with tether.sqlite.pool(":memory:", max_size=1) as pool:
+        with pool.acquire() as conn:
+            conn.execute("CREATE TABLE t (v)")
+            kept = [conn.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)])]
+            for n in range(1000):
+                cursor = conn.execute("SELECT ? FROM t", (n,))
+                if n % 10 == 0:
+                    kept.append(cursor)
+        assert [is_closed(cursor) for cursor in kept] == [True] * 101
 
 
 def test_configure_runs_on_each_new_connection_and_its_failure_is_the_error(

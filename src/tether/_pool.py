@@ -143,6 +143,10 @@ class Pool(PoolShell[R]):
         """When the timekeeper looks at the deadlines next (under the lock): a waiter whose
         deadline is later needs nothing from it now."""
         self._timekeeper: threading.Thread | None = None
+        self._on_closed: list[Callable[[], object]] = []
+        """Called (in order, once) when :meth:`close` has closed the pool: for the
+        adapters that own something besides the resources (SQLite's ``:memory:``
+        database)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -214,6 +218,9 @@ class Pool(PoolShell[R]):
             self._flush()
         if core.held_count:
             self._report_held_at_close()
+        on_closed, self._on_closed = self._on_closed, []
+        for hook in on_closed:
+            hook()
 
     def __enter__(self) -> Pool[R]:
         self.open()
