@@ -351,3 +351,92 @@ async def test_a_resource_made_just_as_its_caller_gives_up_is_not_lost(
     monkeypatch.setattr(tether.AsyncPool, "_on_created", real_on_created)
     assert pool.stats().timeouts == 0
     await check_intact(pool, things)
+
+
+@pytest.mark.parametrize("min_size", [0, 3], ids=["idle resources", "kept at min_size"])
+async def test_a_deadline_passing_during_a_check_retires_only_the_resource_checked(
+    min_size: int,
+) -> None:
+    """A caller whose deadline passes while an (async) check of its resource runs gets
+    PoolTimeout. The check was cut short, so that resource, its state unknown, is
+    destroyed; but it did not fail (check_failures stays 0), and no other check starts
+    after the deadline: the other idle resources survive, and with check_after=0 and
+    min_size refilling the pool, the acquire does not go on checking, destroying and
+    making resources for ever."""
+    rig = Rig()
+    things = rig.things
+    pool = tether.AsyncPool(
+        rig.create,
+        destroy=rig.destroy,
+        check=rig.check,
+        min_size=min_size,
+        max_size=3,
+        check_after=0.0,
+    )
+    async with pool:
+        if not min_size:
+            borrowed = [await pool.get() for _ in range(3)]
+            for thing in borrowed:
+                await pool.put(thing)
+        gate = rig.arm("check")  # each check hangs until the gate opens
+        async with within():
+            with pytest.raises(tether.PoolTimeout):
+                await pool.get(timeout=0.02)
+        stats = pool.stats()
+        assert (stats.check_failures, stats.timeouts, stats.in_use) == (0, 1, 0)
+        assert gate.arrivals == 1
+        left = 3 if min_size else 2  # a pool kept at min_size makes up for the one gone
+        await eventually(
+            lambda: (len(things.destroyed), pool.stats().idle) == (1, left),
+            "the destruction (and refill)",
+        )
+        rig.open_all()
+        assert len(things.made) == 3 + (min_size > 0)
+        async with pool.acquire(timeout=None) as thing:  # checked, and passes
+            assert thing.checks == 1
+    things.assert_all_destroyed_once()
+
+
+async def test_a_create_that_raises_cancelled_error_itself_is_a_failed_creation() -> None:
+    """A create() that raises CancelledError of its own (a driver whose inner future was
+    cancelled under it), while neither its caller nor the pool is being cancelled, is a
+    failed creation like any other: the caller gets an error that is not PoolClosed (the
+    pool is open), the failure is counted, and the pool backs off."""
+
+    async def create() -> Thing:
+        cancelled = asyncio.get_running_loop().create_future()
+        cancelled.cancel()
+        return await cancelled  # type: ignore[no-any-return]
+
+    async with tether.AsyncPool(create, max_size=1) as pool:
+        async with within():
+            with pytest.raises(RuntimeError, match="cancelled") as caught:
+                await pool.get()
+        assert not isinstance(caught.value, tether.PoolClosed)
+        assert not pool.closed
+        stats = pool.stats()
+        assert (stats.create_errors, stats.last_create_error) == (1, repr(caught.value))
+        with pytest.raises(tether.PoolUnavailable):
+            await pool.get()
+
+
+async def test_a_hand_out_to_a_caller_cancelled_before_it_ran_is_not_a_use() -> None:
+    """With max_uses, a resource handed to a waiting task that was cancelled a moment
+    before (it cannot take the resource, and passes it on unused) is not charged a use:
+    it still serves max_uses real callers before it retires."""
+    things = Things()
+    pool = tether.AsyncPool(things.create, destroy=things.destroy, max_size=1, max_uses=2)
+    async with pool:
+        held = await pool.get()  # the first real use
+        victim = asyncio.get_running_loop().create_task(pool.get(), name="victim")
+        await eventually(lambda: pool.stats().waiting == 1, "the victim to queue")
+        victim.cancel()  # its wait is over, but it has not run yet: the pool cannot tell
+        await pool.put(held)
+        async with within():
+            await asyncio.wait([victim])
+        assert victim.cancelled()
+        async with pool.acquire() as again:  # the second real use
+            assert again is held
+        await eventually(lambda: held.destroyed == 1, "the spent resource to be destroyed")
+    assert len(things.made) == 1
+    things.assert_all_destroyed_once()

@@ -380,6 +380,26 @@ async def test_a_failed_check_in_a_full_pool_waits_for_the_room_it_leaves(
     assert (stats.size, stats.created, stats.check_failures, stats.waiting) == (1, 2, 1, 0)
 
 
+async def test_a_caller_with_no_time_to_check_a_resource_gets_pool_timeout(
+    flavour: Flavour, things: Things
+) -> None:
+    """A caller with timeout=0 finds only an idle resource due its check: there is no time
+    left to check it, so the caller gets PoolTimeout without it being checked, and the
+    resource stays in the pool, still due its check, for the next caller with time."""
+    pool = await opened(flavour, things, check=flavour.hook(things.check), check_after=0.0)
+    async with flavour.acquire(pool) as resource:
+        pass
+    with pytest.raises(tether.PoolTimeout):
+        await flavour.get(pool, timeout=0)
+    assert resource.checks == 0
+    stats = pool.stats()
+    assert (stats.idle, stats.in_use, stats.timeouts, stats.check_failures) == (1, 0, 1, 0)
+    async with flavour.acquire(pool) as again:
+        assert again is resource
+    assert resource.checks == 1
+    assert resource.destroyed == 0
+
+
 async def test_reset_runs_on_every_return(flavour: Flavour, things: Things) -> None:
     """reset runs each time a resource comes back, by acquire() or by put()."""
     pool = await opened(flavour, things, reset=flavour.hook(things.reset))
@@ -1126,6 +1146,23 @@ async def test_an_async_pool_used_from_another_event_loop_says_so(call: str, idl
             await asyncio.to_thread(asyncio.run, elsewhere())
         assert (pool.stats().in_use, pool.stats().idle) == (1, idle)
         await pool.put(borrowed)
+
+
+async def test_close_from_another_event_loop_is_refused_and_changes_nothing() -> None:
+    """close() from another event loop than the pool's raises a RuntimeError saying so,
+    before it changes anything: the pool stays open and keeps its resources, and closing
+    it from its own loop afterwards destroys them all."""
+    things = Things()
+    pool = tether.AsyncPool(things.create, destroy=things.destroy, min_size=2)
+    async with pool:
+        with pytest.raises(RuntimeError, match="event loop"):
+            await asyncio.to_thread(asyncio.run, pool.close())
+        assert not pool.closed
+        assert (pool.stats().idle, things.destroyed) == (2, [])
+        async with pool.acquire():
+            pass
+    assert pool.stats().size == 0
+    things.assert_all_destroyed_once()
 
 
 async def test_taking_an_idle_resource_does_not_yield_to_the_event_loop() -> None:

@@ -444,9 +444,16 @@ TestPoolCore = PoolCoreMachine.TestCase
 
 
 def bare_core(
-    name: str, *, min_size: int, max_size: int, max_idle: float | None = None
+    name: str,
+    *,
+    min_size: int,
+    max_size: int,
+    max_idle: float | None = None,
+    max_uses: int | None = None,
+    has_check: bool = False,
 ) -> PoolCore[object]:
-    """An open core with no checks, lifetimes or use limits, on a clock the test gives."""
+    """An open core with no lifetimes, and no checks or use limits unless asked for (a
+    check is due after a second idle), on a clock the test gives."""
     core: PoolCore[object] = PoolCore(
         PoolConfig(
             name=name,
@@ -454,10 +461,10 @@ def bare_core(
             max_size=max_size,
             max_lifetime=None,
             max_idle=max_idle,
-            max_uses=None,
+            max_uses=max_uses,
             check_after=1.0,
             leak_timeout=None,
-            has_check=False,
+            has_check=has_check,
             retry_delay=(0.1, 1.0),
         ),
         jitter=lambda: 0.0,
@@ -565,3 +572,69 @@ def test_a_resource_made_for_a_caller_that_gave_up_a_moment_later_is_not_lost(
         assert next_in_line.grant is made
         assert core.stats().acquired == 1  # the cancelled caller's hand-out is not counted
     assert core.stats().timeouts == 0
+
+
+def test_a_resource_given_back_unused_by_a_caller_that_gave_up_is_not_charged_a_use() -> None:
+    """With max_uses, a resource handed to a waiter that gives up before it could use it
+    (cancelled, or a timeout racing the hand-over) goes back uncharged: it still serves
+    max_uses real callers before it retires."""
+    core = bare_core("uses", min_size=0, max_size=1, max_uses=2)
+    holder = Waiter[object](None, "holder", None, 0, 0.0)
+    assert core.acquire(0.0, holder) is CREATE
+    slot = core.created(object(), 0.0, holder)
+    waiter = Waiter[object](None, "waiter", None, 0, 0.0)
+    assert core.acquire(0.0, waiter) is None
+    core.release(slot, slot.lease, 1.0)  # the first real use ends; the waiter is handed it
+    assert waiter.grant is slot
+    core.cancel_wait(waiter, 1.0, timed_out=False)  # it gave up before it could run
+    assert (list(core.idle), core.doomed) == ([slot], [])
+    taken = core.take(1.0)  # the second real use
+    assert taken is slot
+    core.release(slot, slot.lease, 2.0)
+    assert (list(core.idle), core.doomed) == ([], [slot])  # spent after two real uses
+    assert core.stats().acquired == 2
+
+
+def test_a_resource_given_back_unchecked_by_a_caller_that_gave_up_stays_due_its_check() -> None:
+    """A resource due its check, handed to a caller that gives up before checking it (its
+    deadline came first), goes back as it was: idle since its last real use, so still due
+    its check. The next caller checks it instead of taking it unchecked on the fast
+    path."""
+    core = bare_core("unchecked", min_size=0, max_size=1, has_check=True)
+    first = Waiter[object](None, "first", None, 0, 0.0)
+    assert core.acquire(0.0, first) is CREATE
+    slot = core.created(object(), 0.0, first)
+    core.release(slot, slot.lease, 0.0)  # idle from 0.0; its check is due from 1.0
+    hasty = Waiter[object](None, "hasty", None, 0, 5.0, deadline=5.0)
+    assert core.acquire(5.0, hasty) is slot
+    assert core.needs_check(slot, 5.0)
+    core.cancel_wait(hasty, 5.0, timed_out=True)  # no time left to check it
+    assert list(core.idle) == [slot]
+    assert core.take(5.0) is None  # not handed out unchecked on the fast path
+    patient = Waiter[object](None, "patient", None, 0, 5.0, deadline=10.0)
+    assert core.acquire(5.0, patient) is slot
+    assert core.needs_check(slot, 5.0)
+    assert (core.stats().timeouts, core.stats().acquired) == (1, 2)  # hasty's not counted
+
+
+def test_a_waiter_without_a_deadline_back_at_the_head_hides_no_deadline_behind_it() -> None:
+    """A caller without a deadline whose resource failed its check waits again at the head
+    of the line, out of deadline order: the callers that queue behind it with a deadline
+    still time out on time."""
+    core = bare_core("head", min_size=0, max_size=1, has_check=True)
+    first = Waiter[object](None, "first", None, 0, 0.0)
+    assert core.acquire(0.0, first) is CREATE
+    slot = core.created(object(), 0.0, first)
+    core.release(slot, slot.lease, 0.0)
+    patient = Waiter[object](None, "patient", None, 0, 5.0)  # no deadline
+    assert core.acquire(5.0, patient) is slot
+    assert core.check_failed(slot, patient, 5.0) is None  # back at the head of the line
+    hasty = Waiter[object](None, "hasty", None, 0, 5.0, deadline=6.0)
+    assert core.acquire(5.0, hasty) is None
+    assert core.expire(5.5) == 6.0
+    core.woken.clear()
+    assert core.expire(6.0) == math.inf
+    assert core.woken == [hasty]
+    assert isinstance(hasty.grant, PoolTimeout)
+    assert patient.grant is None
+    assert core.stats().waiting == 1

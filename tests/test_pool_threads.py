@@ -7,12 +7,15 @@ promises held throughout.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import random
 import signal
 import sys
 import threading
 import time
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +23,7 @@ from typing import Any
 import pytest
 
 import tether
-from pool_flavours import GUARD, Thing, in_forked_child
+from pool_flavours import GUARD, Thing, Things, in_forked_child
 from tether import _pool_core
 
 THREADS = 32
@@ -755,3 +758,376 @@ def test_an_interrupt_in_create_is_not_a_creation_failure() -> None:
         assert [thing.number for thing in got] == [1]
         assert (pool.stats().create_errors, pool.stats().last_create_error) == (0, None)
         pool.put(got[0])
+
+
+def test_a_waiter_without_a_deadline_back_at_the_head_hides_no_later_deadline() -> None:
+    """A caller waiting without a deadline whose resource failed its check waits again at
+    the head of the line (here while that resource is slowly destroyed, in a full pool):
+    a caller that joins the line behind it with a short timeout still times out on time,
+    instead of waiting for as long as the first one does."""
+    things = Things()
+    behind: list[threading.Thread] = []
+
+    def destroy(thing: Thing) -> None:
+        # The caller destroys the resource that failed, in its own thread, before it
+        # waits again at the head of the line: that is when the other one queues.
+        if thing.number == 1:
+            behind.append(_wait_in_line(pool, "hasty", timeout=0.05))
+            behind[0].join(GUARD)
+        things.destroy(thing)
+
+    pool = tether.Pool(
+        things.create,
+        destroy=destroy,
+        check=lambda thing: thing.number != 1,
+        check_after=0.0,
+        max_size=1,
+        acquire_timeout=GUARD,
+    )
+    with pool:
+        pool.put(pool.get())  # idle, and due for a check that it fails
+        with pool.acquire(timeout=None) as thing:
+            assert thing.number == 2
+        [hasty] = behind
+        hasty.join(GUARD)
+        error, waited = hasty.outcome
+        stats = pool.stats()
+    assert isinstance(error, tether.PoolTimeout)
+    assert 0.05 <= waited < GUARD
+    assert (stats.timeouts, stats.check_failures) == (1, 1)
+
+
+def _count_housekeeping_rounds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the housekeepers' rounds (each calls ``PoolCore.maintain`` once): the one
+    item of the list returned."""
+    rounds = [0]
+    maintain = _pool_core.PoolCore.maintain
+
+    def counted(core: _pool_core.PoolCore[Any], now: float) -> Any:
+        rounds[0] += 1
+        return maintain(core, now)
+
+    monkeypatch.setattr(_pool_core.PoolCore, "maintain", counted)
+    return rounds
+
+
+def test_the_housekeeper_sleeps_while_a_failing_pools_probe_is_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the pool is failing, one creation at a time may probe whether creating works
+    again. While a caller's probe is out (a connect can take seconds in an outage), the
+    housekeeper, short of min_size but not allowed to probe too, has nothing to do until
+    that probe reports back: it sleeps, rather than going round every millisecond because
+    the retry time has passed. When the probe succeeds, it makes the rest at once."""
+    rounds = _count_housekeeping_rounds(monkeypatch)
+    things = Things(failures=[ConnectionRefusedError("refused")])
+    probing = threading.Event()
+    finish = threading.Event()
+
+    def create() -> Thing:
+        thing = things.create()
+        if thing.number == 1:  # the probe
+            probing.set()
+            finish.wait(GUARD)
+        return thing
+
+    got: list[Thing] = []
+
+    def probe() -> None:
+        deadline = time.monotonic() + GUARD
+        while time.monotonic() < deadline:
+            try:
+                got.append(pool.get())
+            except tether.PoolUnavailable:
+                time.sleep(0.001)  # not yet time to try again
+            else:
+                return
+
+    with tether.Pool(create, max_size=4, retry_delay=(0.001, 0.001)) as pool:
+        with pytest.raises(ConnectionRefusedError):
+            pool.get()  # the pool is failing now
+        prober = threading.Thread(target=probe, name="prober")
+        prober.start()
+        assert probing.wait(GUARD)
+        pool.resize(min_size=2)  # short of min_size: the housekeeper takes a look
+        before = rounds[0]
+        time.sleep(0.2)
+        during_the_probe = rounds[0] - before
+        finish.set()
+        prober.join(GUARD)
+        deadline = time.monotonic() + GUARD
+        while pool.stats().idle < 1:  # the one made by the housekeeper
+            assert time.monotonic() < deadline, pool.stats()
+            time.sleep(0.001)
+        pool.put(got[0])
+        stats = pool.stats()
+    assert during_the_probe < 10  # a spinning housekeeper goes round every millisecond
+    assert (stats.size, stats.created, stats.create_errors) == (2, 2, 1)
+
+
+def test_the_housekeeper_sleeps_while_a_failing_pool_is_full(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A failing pool with a caller waiting, and no room to probe in (every resource is
+    held): the housekeeper has nothing to do until a resource is returned (which wakes
+    it), so it sleeps, rather than going round every millisecond because the retry time
+    has passed."""
+    rounds = _count_housekeeping_rounds(monkeypatch)
+    things = Things()
+    with tether.Pool(things.create, max_size=2, retry_delay=(0.001, 0.001)) as pool:
+        held = pool.get()
+        things.failures.append(ConnectionRefusedError("refused"))
+        with pytest.raises(ConnectionRefusedError):
+            pool.get()  # the pool is failing now
+        pool.resize(max_size=1)  # and full
+        waiter = _wait_in_line(pool, "waiter", timeout=GUARD)
+        pool.resize(min_size=1)  # the housekeeper takes a look
+        before = rounds[0]
+        time.sleep(0.2)
+        while_full = rounds[0] - before
+        pool.put(held)
+        waiter.join(GUARD)
+        assert waiter.outcome[0] is held
+        pool.put(held)
+    assert while_full < 10  # a spinning housekeeper goes round every millisecond
+
+
+def test_a_pool_with_min_size_recovers_to_it_by_itself_after_failures() -> None:
+    """While creating fails, the housekeeper retries, one probe at a time; once a probe
+    succeeds it makes the rest of min_size at once, rather than at its next round (which,
+    with nothing else scheduled, is a minute away)."""
+    things = Things(failures=[ConnectionRefusedError("refused") for _ in range(3)])
+    pool = tether.Pool(
+        things.create,
+        destroy=things.destroy,
+        min_size=3,
+        max_size=3,
+        retry_delay=(0.001, 0.01),
+    )
+    pool.open(wait=False)
+    try:
+        deadline = time.monotonic() + GUARD
+        while pool.stats().idle < 3:
+            assert time.monotonic() < deadline, pool.stats()
+            time.sleep(0.001)
+        stats = pool.stats()
+    finally:
+        pool.close()
+    assert (stats.size, stats.created, stats.create_errors) == (3, 3, 3)
+
+
+def test_a_create_raising_system_exit_does_not_end_the_housekeeper() -> None:
+    """create raising SystemExit (a library calling sys.exit()) in the housekeeper's
+    refill is a failed creation like any other: the housekeeper's thread lives on,
+    retries, and fills the pool to min_size."""
+    things = Things(failures=[SystemExit("a library called sys.exit()")])
+    pool = tether.Pool(
+        things.create,
+        destroy=things.destroy,
+        min_size=2,
+        max_size=2,
+        retry_delay=(0.001, 0.01),
+    )
+    pool.open(wait=False)
+    try:
+        deadline = time.monotonic() + GUARD
+        while pool.stats().idle < 2:
+            assert time.monotonic() < deadline, pool.stats()
+            time.sleep(0.001)
+        housekeeper = pool._housekeeper
+        assert housekeeper is not None
+        assert housekeeper.is_alive()
+        stats = pool.stats()
+    finally:
+        pool.close()
+    assert (stats.size, stats.created, stats.create_errors) == (2, 2, 1)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX only")
+def test_a_resource_held_across_a_fork_is_never_handed_out_in_the_child() -> None:
+    """A child forked inside ``with pool.acquire()`` leaves the block too: its pool, which
+    starts over empty, accepts that return silently, and neither hands the parent's
+    resource out again (the parent still uses it) nor counts it as returned."""
+    with tether.Pool(Things().create, max_size=2) as pool:
+        block = pool.acquire()
+        held = block.__enter__()
+
+        def leave_the_block_then_borrow() -> bytes:
+            block.__exit__(None, None, None)
+            in_use = pool.stats().in_use
+            with pool.acquire() as again:
+                return f"{again.number} {in_use}".encode()
+
+        report = in_forked_child(leave_the_block_then_borrow)
+        block.__exit__(None, None, None)
+        assert pool.get(timeout=0) is held
+        pool.put(held)
+    assert report == b"2 0"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX only")
+def test_a_forked_childs_pool_refills_to_min_size_by_itself() -> None:
+    """The housekeeper is a thread, and threads do not survive a fork: the child's pool
+    starts a housekeeper of its own, which refills it to min_size in the background."""
+    with tether.Pool(Things().create, min_size=2, max_size=4) as pool:
+
+        def refill_in_the_child() -> bytes:
+            deadline = time.monotonic() + GUARD / 2
+            while pool.stats().idle < 2 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            return str(pool.stats().idle).encode()
+
+        report = in_forked_child(refill_in_the_child)
+    assert report == b"2"
+
+
+def test_an_interrupt_in_is_broken_gets_through_and_destroys_the_resource() -> None:
+    """A KeyboardInterrupt raised inside is_broken, while it judges the error that a
+    ``with pool.acquire()`` block raised, reaches the caller, and the resource (its state
+    unknown) is destroyed: it is neither lost nor counted in use for ever, and its room
+    is free for the next caller."""
+    things = Things()
+
+    def is_broken(error: BaseException) -> bool:
+        raise KeyboardInterrupt
+
+    def fail_in_the_block() -> None:
+        with pool.acquire():
+            raise LookupError("application error")
+
+    pool = tether.Pool(things.create, destroy=things.destroy, is_broken=is_broken, max_size=1)
+    with pool:
+        with pytest.raises(KeyboardInterrupt):
+            fail_in_the_block()
+        stats = pool.stats()
+        fresh = pool.get(timeout=0)
+        pool.put(fresh)
+    assert (stats.size, stats.in_use) == (0, 0)
+    assert [thing.number for thing in things.destroyed] == [1, 2]
+    assert fresh.number == 2
+
+
+def test_an_interrupt_in_destroy_does_not_take_the_room_for_good() -> None:
+    """A KeyboardInterrupt raised inside destroy reaches the caller, but the resource is
+    gone all the same: its room is free for the next caller, rather than taken for ever
+    by a resource stuck half-destroyed."""
+    things = Things()
+
+    def destroy(thing: Thing) -> None:
+        things.destroy(thing)
+        if thing.number == 1:
+            raise KeyboardInterrupt
+
+    with tether.Pool(things.create, destroy=destroy, max_size=1) as pool:
+        first = pool.get()
+        with pytest.raises(KeyboardInterrupt):
+            pool.put(first, broken=True)
+        stats = pool.stats()
+        second = pool.get(timeout=0)
+        pool.put(second)
+    assert (stats.size, stats.destroyed) == (0, 1)
+    assert second.number == 2
+    things.assert_all_destroyed_once()
+
+
+def test_polls_with_timeout_zero_leave_nothing_behind_while_another_thread_waits() -> None:
+    """Callers polling with timeout=0 while another thread waits without a deadline never
+    wait: what each poll leaves in the pool's bookkeeping (its place in line, and among
+    the deadlines out of line order) is tidied away, so that a busy poller does not grow
+    the pool's memory without bound."""
+    with tether.Pool(lambda: Thing(1), max_size=1, acquire_timeout=None) as pool:
+        held = pool.get()
+        patient = _wait_in_line(pool, "patient", timeout=None)
+        for _ in range(2000):
+            with contextlib.suppress(tether.PoolTimeout):
+                pool.get(timeout=0)
+        core = pool._core
+        left_behind = (len(core._waiters), len(core._early))
+        pool.put(held)
+        patient.join(GUARD)
+        assert patient.outcome[0] is held
+        pool.put(held)
+        stats = pool.stats()
+    assert max(left_behind) < 100, left_behind
+    assert stats.timeouts == 2000
+
+
+def test_waiters_that_timed_out_do_not_pile_up_in_the_line() -> None:
+    """Callers whose wait timed out leave the line for good: while nothing is returned,
+    the line does not keep an entry for every caller that ever timed out (which every
+    round of the timekeeper would walk)."""
+    with tether.Pool(lambda: Thing(1), max_size=1, acquire_timeout=0.001) as pool:
+        held = pool.get()
+        for _ in range(200):
+            with contextlib.suppress(tether.PoolTimeout):
+                pool.get()
+        left_behind = len(pool._core._waiters)
+        stats = pool.stats()
+        pool.put(held)
+    assert (stats.timeouts, stats.waiting) == (200, 0)
+    assert left_behind < 50
+
+
+def test_a_close_with_a_timeout_during_a_check_gives_the_caller_pool_closed() -> None:
+    """close(timeout=...) takes back and destroys, at the timeout, a resource still being
+    checked for a caller (it counts as held): when the check then passes, the caller gets
+    PoolClosed, not the destroyed resource."""
+    things = Things()
+    checking = threading.Event()
+    finish = threading.Event()
+
+    def check(thing: Thing) -> bool:
+        checking.set()
+        finish.wait(GUARD)
+        return things.check(thing)
+
+    outcome: list[object] = []
+
+    def borrow() -> None:
+        try:
+            with pool.acquire() as thing:
+                outcome.append(thing)
+        except tether.PoolClosed as error:
+            outcome.append(error)
+
+    pool = tether.Pool(
+        things.create, destroy=things.destroy, check=check, check_after=0.0, max_size=1
+    )
+    pool.open()
+    pool.put(pool.get())  # idle, and due for a check
+    borrower = threading.Thread(target=borrow, name="borrower")
+    borrower.start()
+    assert checking.wait(GUARD)
+    pool.close(timeout=0.01)
+    assert [thing.number for thing in things.destroyed] == [1]
+    finish.set()
+    borrower.join(GUARD)
+    [error] = outcome
+    assert isinstance(error, tether.PoolClosed)
+    things.assert_all_destroyed_once()
+
+
+def test_an_abandoned_pool_is_collected_soon_after_a_wait_timed_out() -> None:
+    """A pool dropped without close() is collected (warning that it was never closed) as
+    soon as nothing else refers to it, also just after a caller's wait timed out: the
+    timekeeper that woke that caller (which refers to the pool) does not keep it until
+    its next round, an acquire_timeout away."""
+    pool = tether.Pool(lambda: Thing(1), max_size=1, acquire_timeout=60.0)
+    pool.open()
+    pool.get()
+    with contextlib.suppress(tether.PoolTimeout):
+        pool.get(timeout=0.01)
+    assert pool.stats().timeouts == 1
+    abandoned = weakref.ref(pool)
+    del pool
+
+    def collect() -> bool:
+        deadline = time.monotonic() + GUARD
+        while abandoned() is not None and time.monotonic() < deadline:
+            gc.collect()
+            time.sleep(0.001)
+        return abandoned() is None
+
+    with pytest.warns(ResourceWarning, match="never closed"):
+        collected = collect()
+    assert collected
