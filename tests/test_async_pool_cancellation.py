@@ -420,6 +420,23 @@ async def test_a_create_that_raises_cancelled_error_itself_is_a_failed_creation(
             await pool.get()
 
 
+async def test_open_fails_when_a_create_raises_cancelled_error_itself() -> None:
+    """open() makes min_size resources and fails (closing the pool) if one of them cannot
+    be made: a create() that raises CancelledError of its own is such a failure, not a
+    creation to skip, and open() must not return a pool that is short of min_size."""
+
+    async def create() -> Thing:
+        cancelled = asyncio.get_running_loop().create_future()
+        cancelled.cancel()
+        return await cancelled  # type: ignore[no-any-return]
+
+    pool = tether.AsyncPool(create, min_size=1, max_size=1)
+    async with within():
+        with pytest.raises(RuntimeError, match="cancelled"):
+            await pool.open()
+    assert pool.closed
+
+
 async def test_a_hand_out_to_a_caller_cancelled_before_it_ran_is_not_a_use() -> None:
     """With max_uses, a resource handed to a waiting task that was cancelled a moment
     before (it cannot take the resource, and passes it on unused) is not charged a use:

@@ -966,6 +966,46 @@ def test_a_resource_held_across_a_fork_is_never_handed_out_in_the_child() -> Non
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX only")
+def test_a_resource_got_before_a_fork_may_be_put_back_in_the_child() -> None:
+    """With get()/put() too: the child may put back a resource got before the fork (once,
+    silently, leaving it alone); a second put() of it is an error, as anywhere else."""
+    with tether.Pool(Things().create, max_size=2) as pool:
+        held = pool.get()
+
+        def put_back_twice() -> bytes:
+            pool.put(held)
+            try:
+                pool.put(held)
+            except ValueError:
+                return f"refused, in use {pool.stats().in_use}".encode()
+            return b"accepted twice"
+
+        report = in_forked_child(put_back_twice)
+        pool.put(held)
+    assert report == b"refused, in use 0"
+
+
+def test_waiters_without_a_deadline_served_after_failed_checks_leave_nothing_behind() -> None:
+    """A waiter without a deadline put back at the head of the line (its resource failed
+    its check while the pool was full) is tracked apart from the line; once served, it
+    must not stay there: thousands of such borrows keep the pool's bookkeeping small."""
+    pool = tether.Pool(
+        Things().create,
+        check=lambda thing: False,
+        check_after=0.0,
+        max_size=1,
+        acquire_timeout=None,
+    )
+    with pool:
+        for _ in range(2_000):
+            pool.put(pool.get())  # the idle one fails its check, in a full pool
+        core = pool._core
+        assert pool.stats().check_failures >= 1_999
+        assert len(core._early) < 50
+        assert len(core._waiters) < 50
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX only")
 def test_a_forked_childs_pool_refills_to_min_size_by_itself() -> None:
     """The housekeeper is a thread, and threads do not survive a fork: the child's pool
     starts a housekeeper of its own, which refills it to min_size in the background."""

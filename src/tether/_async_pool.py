@@ -186,7 +186,13 @@ class AsyncPool(PoolShell[R]):
         if not creations:
             return
         await asyncio.wait(creations)
-        errors = [c.exception() for c in creations if not c.cancelled() and c.exception()]
+        # A creation cancelled from within create() was recorded as a failure (its
+        # error is the pool's last one): it fails the open as much as any other.
+        errors = [
+            self._core.last_error if c.cancelled() else c.exception()
+            for c in creations
+            if c.cancelled() or c.exception()
+        ]
         if errors:
             await self.close()
             raise errors[0]  # type: ignore[misc]
@@ -318,8 +324,8 @@ class AsyncPool(PoolShell[R]):
         if slot is not None and not slot.held:
             slot = None  # given back already: refused before reset can touch it
         if slot is None:
-            if self.closed:
-                return
+            if self.closed or self._core.inherited(resource):
+                return  # (held across a fork: the parent's, let alone)
             raise ValueError(f"{resource!r} is not held from pool {self.name!r}")
         self._bound_loop()
         await self._give_back(slot, slot.lease, None, broken=broken)

@@ -315,6 +315,10 @@ class Pool(PoolShell[R]):
         if slot is None:
             if self.closed:
                 return
+            with self._lock:
+                inherited = self._core.inherited(resource)
+            if inherited:
+                return  # held across a fork: the parent's, let alone
             raise ValueError(f"{resource!r} is not held from pool {self.name!r}")
         self._give_back(slot, slot.lease, None, broken=broken)
 

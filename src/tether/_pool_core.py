@@ -430,6 +430,9 @@ class PoolCore(Generic[R]):
         # counters; hand-outs are counted by the slots' leases, so the fast path counts
         # nothing: acquired = hand-outs of gone slots + of live ones - those taken back.
         self._gone_handouts = 0
+        self._inherited: set[int] = set()
+        """Ids of the resources held across a fork, in the child: each may still be
+        given back there with ``put()``, once, and is then let alone."""
         self._unhanded = 0
         self.created_count = 0
         self.destroyed_count = 0
@@ -480,6 +483,15 @@ class PoolCore(Generic[R]):
         """The slot of a resource this pool created and has not finished destroying."""
         slot = self._slots.get(id(resource))
         return slot if slot is not None and slot.resource is resource else None
+
+    def inherited(self, resource: object) -> bool:
+        """Whether ``resource`` was held across a fork and is given back in the child now
+        (true once: its return is accepted, and changes nothing)."""
+        try:
+            self._inherited.remove(id(resource))
+        except KeyError:
+            return False
+        return True
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -541,6 +553,7 @@ class PoolCore(Generic[R]):
             if slot.held:
                 slot.lease += 1
                 slot.reclaimed = True
+                self._inherited.add(id(slot.resource))
             slot.fast_until = slot.fresh_until = -INF
             slot.state = GONE
         self.idle.clear()
@@ -620,6 +633,7 @@ class PoolCore(Generic[R]):
         """
         heapq.heappush(self._early, (waiter.deadline, id(waiter), waiter))
         self._early_ids.add(id(waiter))
+        self._tidy()  # those served since are left behind in the heap
 
     def _tidy(self) -> None:
         """Drop the waiters that left the line (cancelled, timed out or served) from the
