@@ -37,13 +37,20 @@ async def psycopg_request(conn: psycopg.AsyncConnection[Any]) -> None:
 
 
 async def returned_mid_query(
-    pool: tether.AsyncPool[Any], request: Any, observer: psycopg.AsyncConnection[Any]
+    pool: tether.AsyncPool[Any],
+    request: Any,
+    observer: psycopg.AsyncConnection[Any],
+    *,
+    ending: str = "cancelled",
 ) -> asyncio.Task[Any]:
-    """Borrow a connection, start ``request`` on it shielded, and cancel the holder once
-    the server runs it; return the task of the request, still running."""
+    """Borrow a connection, start ``request`` on it shielded, and end the holder's block
+    once the server runs it (``ending``: the holder's task is ``"cancelled"``, or an
+    ``asyncio.timeout`` inside the block ``"timed out"``); return the task of the request,
+    still running."""
     running = asyncio.Event()
     shielded: list[asyncio.Task[Any]] = []
     backend: list[int] = []
+    scopes: list[asyncio.Timeout] = []
 
     async def holder() -> None:
         async with pool.acquire() as conn:
@@ -53,16 +60,23 @@ async def returned_mid_query(
                 else conn.get_server_pid()
             )
             shielded.append(asyncio.ensure_future(request(conn)))
-            running.set()
-            await asyncio.shield(shielded[0])
+            async with asyncio.timeout(None) as scope:
+                scopes.append(scope)
+                running.set()
+                await asyncio.shield(shielded[0])
 
     holding = asyncio.ensure_future(holder())
     await asyncio.wait_for(running.wait(), GUARD)
     # Until the server runs the query, a cancellation request would find nothing to cancel.
     await asyncio.wait_for(sleeping(observer, backend[0]), GUARD)
-    holding.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await holding
+    if ending == "cancelled":
+        holding.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await holding
+    else:
+        scopes[0].reschedule(asyncio.get_running_loop().time())
+        with pytest.raises(TimeoutError):
+            await holding
     assert not shielded[0].done()
     return shielded[0]
 
@@ -83,14 +97,18 @@ async def observer(postgres_dsn: str) -> AsyncIterator[psycopg.AsyncConnection[A
         yield conn
 
 
+@pytest.mark.parametrize("ending", ["cancelled", "timed out"])
 @pytest.mark.parametrize("request_kind", list(ASYNCPG_REQUESTS))
 async def test_an_asyncpg_connection_returned_mid_query_is_destroyed(
-    postgres_dsn: str, observer: psycopg.AsyncConnection[Any], request_kind: str
+    postgres_dsn: str, observer: psycopg.AsyncConnection[Any], request_kind: str, ending: str
 ) -> None:
     """The connection goes, its query is cancelled, and the next borrower gets a new one
-    that works (instead of "another operation is in progress")."""
+    that works (instead of "another operation is in progress"), whether the holder's task
+    was cancelled or a timeout inside its block ended it."""
     async with tether.postgres.async_pool(postgres_dsn, max_size=1) as pool:
-        shielded = await returned_mid_query(pool, ASYNCPG_REQUESTS[request_kind], observer)
+        shielded = await returned_mid_query(
+            pool, ASYNCPG_REQUESTS[request_kind], observer, ending=ending
+        )
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT 1") == 1
         stats = pool.stats()

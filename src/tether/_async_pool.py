@@ -144,6 +144,9 @@ class AsyncPool(PoolShell[R]):
         self._destroy = destroy
         self._check = check
         self._reset = reset
+        self._reset_after_error: Callable[[R], Awaitable[object] | object] | None = None
+        """What runs instead of ``reset`` when the holder's block raised: for adapters
+        that look harder then (asyncpg's, for a request that outlived the block)."""
         self._is_broken = is_broken
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -503,6 +506,8 @@ class AsyncPool(PoolShell[R]):
                 self._drop(slot, lease)
                 raise
         reset = self._reset
+        if error is not None and self._reset_after_error is not None:
+            reset = self._reset_after_error
         if reset is not None and not broken:
             try:
                 if pending is None:

@@ -5,12 +5,11 @@ Imported only by :mod:`tether.postgres`, once asyncpg is known to be installed.
 Resetting is decided locally (no round trip for a clean connection, unlike asyncpg's own
 pool, which sends ``RESET ALL`` on every release): a connection in a transaction, or
 whose last query was cancelled and may still be running on the server, is rolled back
-once the cancellation has been acknowledged; a closed one, or one given back by a
-cancelled holder with a request still in flight (a query shielded from that
-cancellation), is destroyed (asyncpg's ``close()`` cancels that request first); any other
-connection goes straight back. A request is looked for only when the holder is being
-cancelled: that is how one outlives its block, and the look costs more than the rest of
-a return.
+once the cancellation has been acknowledged; a closed one, or one given back with a
+request still in flight (a query shielded from the holder's cancellation), is destroyed
+(asyncpg's ``close()`` cancels that request first); any other connection goes straight
+back. A request in flight is looked for when the holder's block raised: that is how one
+outlives its block, and the look costs more than the rest of a return.
 
 asyncpg has no public way to ask whether a cancellation or a request is still in flight,
 nor whether a ``transaction()`` block whose ``BEGIN`` was interrupted is still recorded
@@ -50,7 +49,6 @@ _LOST: Final = (
 )
 
 
-_current_task: Final = asyncio.current_task
 _IN_FLIGHT: Final = frozenset({asyncio.Future, asyncio.TimerHandle})
 """What asyncpg's protocol holds only while a request is in flight: the future made by
 ``loop.create_future()`` (an ``asyncio.Future`` on asyncio's loops and uvloop alike) and
@@ -133,11 +131,8 @@ def async_pool(
             ) from None
         if cancelling:  # the cancelled request has no task left waiting for it
             return _settle(conn, server_timeout)
-        if executing or (_holder_cancelled() and _request_in_flight(protocol)):
-            raise ConnectionStateUnknown(
-                "connection returned with a query still running for another task: "
-                "it cannot be reused"
-            )
+        if executing:
+            raise _still_running()
         # conn.is_in_transaction(), less a call; `block`: a transaction() whose BEGIN was
         # interrupted leaves asyncpg believing it is open, server or not.
         if block is not None or protocol.is_in_transaction():
@@ -153,7 +148,21 @@ def async_pool(
         except Exception:  # noqa: BLE001 - asyncpg aborted it: it is gone either way
             conn.terminate()
 
-    return AsyncPool(
+    def reset_after_error(conn: Any) -> Awaitable[None] | None:
+        # The holder's block raised (a cancellation, a timeout): the way a request it
+        # started can outlive it, awaited through asyncio.shield() or by a task of its
+        # own. Looking for one costs more than the rest of a return, so clean returns
+        # do without.
+        try:
+            protocol = conn._protocol
+            idle = conn.is_closed() or protocol._is_cancelling()
+        except AttributeError:
+            idle = True  # reset() says what it cannot tell
+        if not idle and _request_in_flight(protocol):
+            raise _still_running()
+        return reset(conn)
+
+    pool = AsyncPool(
         create,
         destroy=destroy,
         check=check,
@@ -161,15 +170,14 @@ def async_pool(
         is_broken=is_broken,
         **options,
     )
+    pool._reset_after_error = reset_after_error
+    return pool
 
 
-def _holder_cancelled() -> bool:
-    """Whether the task giving the connection back is being cancelled: the way a request
-    it started outlives its block (awaited through ``asyncio.shield``, or by a task of its
-    own). Only then is the costlier look for a request in flight made, not on every
-    return."""
-    task = _current_task()
-    return task is not None and task.cancelling() > 0
+def _still_running() -> ConnectionStateUnknown:
+    return ConnectionStateUnknown(
+        "connection returned with a query still running for another task: it cannot be reused"
+    )
 
 
 def _request_in_flight(protocol: object) -> bool:
