@@ -36,7 +36,7 @@ import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -396,3 +396,40 @@ def in_forked_child(work: Callable[[], bytes]) -> bytes:
             os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
         os.close(read_end)
+
+
+@contextmanager
+def ctrl_c_when(ready: Callable[[], bool], then: Callable[[], None]) -> Iterator[None]:
+    """Press Ctrl-C (a real SIGINT to the main thread) as soon as ``ready()`` says so, then
+    call ``then()`` to let the main thread's wait end.
+
+    (The main thread runs the signal's handler on its way back to Python, once its wait
+    has ended. The signal is sent again every 50 ms until it has, as a user would press
+    Ctrl-C again; only the first one raises KeyboardInterrupt.)
+    """
+    assert threading.current_thread() is threading.main_thread()
+    interrupted = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if not interrupted.is_set():
+            interrupted.set()
+            raise KeyboardInterrupt
+
+    def press() -> None:
+        deadline = time.monotonic() + GUARD
+        while not ready() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        main = threading.main_thread().ident or 0
+        signal.pthread_kill(main, signal.SIGINT)
+        then()
+        while not interrupted.wait(0.05) and time.monotonic() < deadline:
+            signal.pthread_kill(main, signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    presser = threading.Thread(target=press)
+    try:
+        presser.start()
+        yield
+    finally:
+        presser.join(GUARD)
+        signal.signal(signal.SIGINT, previous)

@@ -9,11 +9,9 @@ What committed is always read through a second connection.
 from __future__ import annotations
 
 import contextlib
-import signal
 import sqlite3
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ import pytest
 
 import tether
 import tether.db
+from pool_flavours import ctrl_c_when
 
 
 class Case:
@@ -412,45 +411,6 @@ def test_a_failed_commit_through_a_pool_returns_the_connection(tmp_path: Path) -
 
 
 # --- Ctrl-C while BEGIN is in flight -------------------------------------------------------
-
-GUARD = 15.0  # seconds: a failure guard only, never a measurement
-
-
-@contextlib.contextmanager
-def ctrl_c_when(ready: Callable[[], bool], then: Callable[[], None]) -> Iterator[None]:
-    """Press Ctrl-C (a real SIGINT to the main thread) as soon as ``ready()`` says so, then
-    call ``then()`` to let the main thread's wait end.
-
-    (The main thread runs the signal's handler on its way back to Python, once its wait
-    has ended. The signal is sent again every 50 ms until it has, as a user would press
-    Ctrl-C again; only the first one raises KeyboardInterrupt.)
-    """
-    assert threading.current_thread() is threading.main_thread()
-    interrupted = threading.Event()
-
-    def on_sigint(signum: int, frame: object) -> None:
-        if not interrupted.is_set():
-            interrupted.set()
-            raise KeyboardInterrupt
-
-    def press() -> None:
-        deadline = time.monotonic() + GUARD
-        while not ready() and time.monotonic() < deadline:
-            time.sleep(0.001)
-        main = threading.main_thread().ident or 0
-        signal.pthread_kill(main, signal.SIGINT)
-        then()
-        while not interrupted.wait(0.05) and time.monotonic() < deadline:
-            signal.pthread_kill(main, signal.SIGINT)
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    presser = threading.Thread(target=press)
-    try:
-        presser.start()
-        yield
-    finally:
-        presser.join(GUARD)
-        signal.signal(signal.SIGINT, previous)
 
 
 def test_ctrl_c_while_psycopg_sends_begin_leaves_no_transaction_open(

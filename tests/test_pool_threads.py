@@ -11,7 +11,6 @@ import contextlib
 import gc
 import os
 import random
-import signal
 import sys
 import threading
 import time
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 
 import tether
-from pool_flavours import GUARD, Thing, Things, in_forked_child
+from pool_flavours import GUARD, Thing, Things, ctrl_c_when, in_forked_child
 from tether import _pool_core
 
 THREADS = 32
@@ -465,42 +464,21 @@ def test_ctrl_c_stops_a_waiting_main_thread_and_it_leaves_the_line(
     signals and the thread falling asleep is only seen when the sleep ends: CPython's
     locks work that way. So the signal is sent again every 50 ms, as a user would press
     Ctrl-C again, and only the first one raises.)"""
-    assert threading.current_thread() is threading.main_thread()
-    interrupted = threading.Event()
-
-    def on_sigint(signum: int, frame: object) -> None:
-        if not interrupted.is_set():
-            interrupted.set()
-            raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        with tether.Pool(lambda: Thing(1), max_size=1) as pool:
-            held = pool.get()
-
-            def interrupt_when_waiting() -> None:
-                deadline = time.monotonic() + GUARD
-                while pool.stats().waiting != 1 and time.monotonic() < deadline:
-                    time.sleep(0.001)
-                while not interrupted.is_set() and time.monotonic() < deadline:
-                    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
-                    interrupted.wait(0.05)
-
-            interrupter = threading.Thread(target=interrupt_when_waiting)
-            interrupter.start()
-            started = time.monotonic()
-            with pytest.raises(KeyboardInterrupt):
-                pool.get(timeout=timeout)
-            interrupted_after = time.monotonic() - started
-            interrupter.join(GUARD)
-            assert interrupted_after < 2.0  # not when the deadline (if any) passed
-            assert pool.stats().waiting == 0
-            pool.put(held)
-            assert pool.stats().idle == 1
-            assert pool.get(timeout=0) is held
-            pool.put(held)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with tether.Pool(lambda: Thing(1), max_size=1) as pool:
+        held = pool.get()
+        started = time.monotonic()
+        with (
+            ctrl_c_when(lambda: pool.stats().waiting == 1, then=lambda: None),
+            pytest.raises(KeyboardInterrupt),
+        ):
+            pool.get(timeout=timeout)
+        interrupted_after = time.monotonic() - started
+        assert interrupted_after < 2.0  # not when the deadline (if any) passed
+        assert pool.stats().waiting == 0
+        pool.put(held)
+        assert pool.stats().idle == 1
+        assert pool.get(timeout=0) is held
+        pool.put(held)
 
 
 def test_a_timekeeper_that_cannot_start_leaves_no_one_in_line(
@@ -892,27 +870,34 @@ def test_the_housekeeper_sleeps_while_a_failing_pool_is_full(
     assert while_full < 10  # a spinning housekeeper goes round every millisecond
 
 
-def test_a_pool_with_min_size_recovers_to_it_by_itself_after_failures() -> None:
-    """While creating fails, the housekeeper retries, one probe at a time; once a probe
-    succeeds it makes the rest of min_size at once, rather than at its next round (which,
-    with nothing else scheduled, is a minute away)."""
-    things = Things(failures=[ConnectionRefusedError("refused") for _ in range(3)])
+def _filled_in_the_background(things: Things, min_size: int) -> tuple[tether.PoolStats, bool]:
+    """Open a pool of ``min_size`` with ``wait=False``, wait until its housekeeper has made
+    them all, and return its statistics then and whether the housekeeper still runs."""
     pool = tether.Pool(
         things.create,
         destroy=things.destroy,
-        min_size=3,
-        max_size=3,
+        min_size=min_size,
+        max_size=min_size,
         retry_delay=(0.001, 0.01),
     )
     pool.open(wait=False)
     try:
         deadline = time.monotonic() + GUARD
-        while pool.stats().idle < 3:
+        while pool.stats().idle < min_size:
             assert time.monotonic() < deadline, pool.stats()
             time.sleep(0.001)
-        stats = pool.stats()
+        housekeeper = pool._housekeeper
+        return pool.stats(), housekeeper is not None and housekeeper.is_alive()
     finally:
         pool.close()
+
+
+def test_a_pool_with_min_size_recovers_to_it_by_itself_after_failures() -> None:
+    """While creating fails, the housekeeper retries, one probe at a time; once a probe
+    succeeds it makes the rest of min_size at once, rather than at its next round (which,
+    with nothing else scheduled, is a minute away)."""
+    things = Things(failures=[ConnectionRefusedError("refused") for _ in range(3)])
+    stats, _ = _filled_in_the_background(things, 3)
     assert (stats.size, stats.created, stats.create_errors) == (3, 3, 3)
 
 
@@ -921,25 +906,8 @@ def test_a_create_raising_system_exit_does_not_end_the_housekeeper() -> None:
     refill is a failed creation like any other: the housekeeper's thread lives on,
     retries, and fills the pool to min_size."""
     things = Things(failures=[SystemExit("a library called sys.exit()")])
-    pool = tether.Pool(
-        things.create,
-        destroy=things.destroy,
-        min_size=2,
-        max_size=2,
-        retry_delay=(0.001, 0.01),
-    )
-    pool.open(wait=False)
-    try:
-        deadline = time.monotonic() + GUARD
-        while pool.stats().idle < 2:
-            assert time.monotonic() < deadline, pool.stats()
-            time.sleep(0.001)
-        housekeeper = pool._housekeeper
-        assert housekeeper is not None
-        assert housekeeper.is_alive()
-        stats = pool.stats()
-    finally:
-        pool.close()
+    stats, housekeeper_alive = _filled_in_the_background(things, 2)
+    assert housekeeper_alive
     assert (stats.size, stats.created, stats.create_errors) == (2, 2, 1)
 
 
