@@ -96,6 +96,51 @@ async def test_outcome_reports_error_and_cancellation() -> None:
     assert (outcome.value, type(outcome.error), outcome.cancelled) == (None, ValueError, False)
 
 
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_keyboard_interrupt_in_the_cleanup_is_raised_in_the_calling_task(
+    interrupt: type[BaseException],
+) -> None:
+    """asyncio re-raises ``KeyboardInterrupt`` and ``SystemExit`` from a task out of the
+    event loop; from the cleanup's helper task they reach the calling task instead, which
+    can handle them (and report them, with ``run_shielded_outcome``)."""
+
+    async def interrupted() -> None:
+        await asyncio.sleep(0)
+        raise interrupt
+
+    async def main() -> list[str]:
+        seen = []
+        try:
+            await run_shielded(interrupted())
+        except interrupt:
+            seen.append("raised in the calling task")
+        outcome = await run_shielded_outcome(interrupted())
+        seen.append(f"reported: {type(outcome.error).__name__}")
+        return seen
+
+    try:
+        seen = asyncio.run(main())
+    except (KeyboardInterrupt, SystemExit) as escaped:
+        pytest.fail(f"{escaped!r} escaped the event loop")
+    assert seen == ["raised in the calling task", f"reported: {interrupt.__name__}"]
+
+
+async def test_a_cleanup_abandoned_before_it_started_is_closed() -> None:
+    """With ``timeout=0`` the cleanup never starts; it is closed, not left to warn that it
+    was never awaited (warnings are errors here)."""
+    started: list[str] = []
+
+    async def cleanup() -> None:
+        started.append("started")  # pragma: no cover - never runs
+
+    coro = cleanup()
+    with pytest.raises(TimeoutError, match=r"within 0 seconds"):
+        await run_shielded(coro, timeout=0)
+    for _ in range(3):  # the abandoned task takes a step to end, its callbacks another
+        await asyncio.sleep(0)
+    assert (started, coro.cr_frame) == ([], None)
+
+
 def test_trio_shield_and_timeout() -> None:
     """Under trio the cleanup is shielded by trio's own cancel scope, and bounded."""
     log: list[str] = []

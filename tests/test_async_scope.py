@@ -454,6 +454,51 @@ async def test_a_timeout_that_the_body_error_leaves_cancels_nothing_afterwards()
     assert (task.result(), task.cancelling()) == (body_error, 0)
 
 
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_an_async_cleanup_raising_keyboard_interrupt_is_attached_to_the_body_error(
+    interrupt: type[BaseException],
+) -> None:
+    """As in a Scope, an async cleanup's ``KeyboardInterrupt`` or ``SystemExit`` is a
+    cleanup error: the body's error propagates carrying it, and every cleanup runs. (It
+    must not escape the event loop, as asyncio makes those two do from a task.)"""
+    body_error = ValueError("body")
+    log: list[str] = []
+
+    async def main() -> None:
+        async with AsyncScope(name="job") as scope:
+            scope.callback(log.append, "registered first")
+            scope.callback_async(afail, interrupt(), name="interrupted")
+            raise body_error
+
+    try:
+        asyncio.run(main())
+    except BaseException as exc:
+        caught = exc
+    assert caught is body_error
+    assert [type(error) for error in cleanup_errors(body_error)] == [interrupt]
+    assert log == ["registered first"]
+
+
+def test_an_async_cleanup_raising_keyboard_interrupt_does_not_stop_the_others() -> None:
+    """After a successful body the interrupt propagates, once every cleanup has run, also
+    under ``run_until_complete``, which leaves the loop at the first escaping interrupt."""
+    log: list[str] = []
+
+    async def main() -> None:
+        async with AsyncScope() as scope:
+            scope.callback_async(slow_cleanup, log, 0)
+            scope.callback(log.append, "sync cleanup")
+            scope.callback_async(afail, KeyboardInterrupt(), name="interrupted")
+
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(main())
+        assert log == ["sync cleanup", "cleanup start", "cleanup end"]
+    finally:
+        loop.close()
+
+
 # --- cleanup_timeout --------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import runpy
 import subprocess
@@ -132,6 +133,45 @@ def test_demo_as_a_program_with_warnings_as_errors() -> None:
     )
     assert (result.returncode, result.stderr) == (0, "")
     assert lines_in_order(result.stdout, KEY_LINES) == []
+
+
+@pytest.mark.parametrize("dsn", ["not a dsn", "postgresql://nobody@127.0.0.1:1/nothing"])
+def test_demo_with_an_unusable_dsn_is_a_one_line_error(
+    dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A malformed or unreachable ``--dsn`` is a bad argument: before the tour starts, one
+    ``tether: error:`` line saying why, and status 2, as argparse reports bad arguments."""
+    assert main(["demo", "--dsn", dsn]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("tether: error: cannot use the database given with --dsn: ")
+    assert len(captured.err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+def test_demo_into_a_pipe_whose_reader_is_gone_ends_quietly(buffered: bool) -> None:
+    """``tether demo | head -1``: once the reader has gone, the command ends with status 1
+    and nothing on stderr, as the Python documentation advises for a broken pipe. With
+    buffered output the first failing write is a log record's, which logging would
+    otherwise report and carry on from."""
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        environment["PYTHONUNBUFFERED"] = "1"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write fails with EPIPE, whenever it happens
+    try:
+        result = subprocess.run(
+            [sys.executable, "-W", "error", "-m", "tether", "demo"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env=environment,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (1, "")
 
 
 def test_bench_lists_the_benchmarks_of_the_checkout(capsys: pytest.CaptureFixture[str]) -> None:

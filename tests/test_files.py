@@ -558,6 +558,29 @@ def test_a_read_only_directory_is_a_permission_error_with_nothing_left(tmp_path:
             read_only.chmod(0o755)
 
 
+def test_a_drop_box_directory_that_cannot_be_read_is_written_into(tmp_path: Path) -> None:
+    """A directory the writer may write and search but not read (a drop box) cannot be
+    opened to fsync it; the write succeeds all the same, as ``open(path, "w")`` would.
+
+    As root, which may read any directory, the write runs as ``nobody`` (see
+    :func:`_write_without_privileges`).
+    """
+    with tempfile.TemporaryDirectory() as world_traversable:
+        base = tmp_path
+        if os.geteuid() == 0:
+            base = Path(world_traversable)  # see the read-only directory test
+            base.chmod(0o755)
+        drop_box = base / "drop-box"
+        drop_box.mkdir()
+        drop_box.chmod(0o333)  # write and search, for everyone including its owner; no read
+        try:
+            assert _write_without_privileges(drop_box / "report.txt") == ("written", "")
+        finally:
+            drop_box.chmod(0o755)
+        assert listing(drop_box) == ["report.txt"]
+        assert (drop_box / "report.txt").read_text() == "new"
+
+
 DROP_PRIVILEGES_AND_WRITE = """
 import os, sys
 from tether import atomic_write

@@ -499,6 +499,64 @@ def test_generator_based_context_manager_is_named_after_its_function() -> None:
     ]
 
 
+class Unprintable(Exception):
+    """A user exception whose ``__str__`` is broken on some code paths."""
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.args[0]}"  # type: ignore[attr-defined]  # never set
+
+
+def test_a_cleanup_error_whose_str_fails_does_not_mask_the_body_error() -> None:
+    """The note for a cleanup error whose ``str()`` raises says so, as tracebacks do; the
+    body's error still propagates, carrying it."""
+    body_error = ValueError("bad row")
+    cleanup_error = Unprintable("upload failed")
+
+    def body() -> None:
+        with Scope(name="import") as scope:
+            scope.callback(fail, cleanup_error, name="upload")
+            raise body_error
+
+    assert raised(body) is body_error
+    assert cleanup_errors(body_error) == (cleanup_error,)
+    assert body_error.__notes__ == [
+        "cleanup 'upload' of scope 'import' also failed: Unprintable: <exception str() failed>"
+    ]
+
+
+class DeadProxy:
+    """A context manager delegating attribute lookups to a backend that is gone."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        raise OSError("flush failed")
+
+    def __getattr__(self, name: str) -> object:
+        raise ConnectionError(f"backend gone (looking up {name!r})")
+
+
+def test_naming_a_failed_cleanup_never_stops_the_unwinding() -> None:
+    """A context manager whose attribute lookups raise is named after its type; every
+    cleanup still runs and the body's error still wins."""
+    log: list[str] = []
+    body_error = ValueError("body")
+
+    def body() -> None:
+        with Scope(name="job") as scope:
+            scope.callback(log.append, "registered first")
+            scope.enter(DeadProxy())
+            raise body_error
+
+    assert raised(body) is body_error
+    assert log == ["registered first"]
+    assert [type(error) for error in cleanup_errors(body_error)] == [OSError]
+    assert body_error.__notes__ == [
+        "cleanup DeadProxy.__exit__ of scope 'job' also failed: OSError: flush failed"
+    ]
+
+
 # --- lifecycle ------------------------------------------------------------------------------
 
 

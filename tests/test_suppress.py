@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import pytest
 import structlog
@@ -121,6 +124,36 @@ def test_logs_to_the_given_logger_and_level(caplog: pytest.LogCaptureFixture) ->
     assert [(r.name, r.levelname) for r in caplog.records] == [("app", "DEBUG")]
 
 
+class PrefixingAdapter(logging.LoggerAdapter[logging.Logger]):
+    """An adapter with behaviour of its own: it prefixes each message with the request."""
+
+    def process(self, msg: object, kwargs: MutableMapping[str, Any]) -> tuple[object, Any]:
+        msg, kwargs = super().process(msg, kwargs)
+        return f"[{kwargs['extra']['request']}] {msg}", kwargs
+
+
+def test_logger_adapters_keep_their_behaviour_and_the_record_its_facts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Through (nested) ``LoggerAdapter``s the record carries the ``error`` field beside
+    each adapter's own ``extra``, each adapter's ``process`` shapes the message, and the
+    record points at the user's ``with`` block."""
+    caplog.set_level(logging.INFO, logger="adapted")
+    inner = PrefixingAdapter(logging.getLogger("adapted"), {"request": "r1"})
+    outer = logging.LoggerAdapter(inner, {"user": "ada"})
+    line = sys._getframe().f_lineno + 1
+    with suppress(KeyError, logger=outer):
+        raise KeyError("k")
+    record = caplog.records[0]
+    assert {key: record.__dict__.get(key) for key in ("error", "request", "user")} == {
+        "error": "KeyError",
+        "request": "r1",
+        "user": "ada",
+    }
+    assert record.getMessage() == "[r1] suppressed KeyError: 'k'"
+    assert (record.filename, record.lineno) == ("test_suppress.py", line)
+
+
 def test_logs_structured_fields_through_structlog() -> None:
     """A structlog logger gets the event ``suppressed`` with the type and the exception."""
     error = KeyError("k")
@@ -222,3 +255,19 @@ def test_quiet_below_the_logger_level_but_still_kept(caplog: pytest.LogCaptureFi
     with suppress(KeyError, level=logging.DEBUG) as handle:
         raise KeyError("quiet")
     assert (caplog.records, type(handle.suppressed)) == ([], KeyError)
+
+
+def test_an_exception_whose_str_fails_is_still_suppressed_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Logging what was suppressed must not raise from the exception's own broken
+    ``__str__``: the error stays suppressed, and the message says its str() failed."""
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise AttributeError("status")
+
+    with caplog.at_level(logging.WARNING), suppress(Unprintable) as suppressor:
+        raise Unprintable
+    assert isinstance(suppressor.suppressed, Unprintable)
+    assert "Unprintable: <exception str() failed>" in caplog.text

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sys
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 
 import pytest
 import structlog
@@ -270,6 +272,174 @@ async def test_decorated_async_function_failure_propagates(
     assert [r.getMessage() for r in records.records] == [
         "lookup: failed (LookupError) after 1.0 ms"
     ]
+
+
+def test_decorated_generator_is_timed_over_its_whole_iteration(
+    clock: FakeClock, records: pytest.LogCaptureFixture
+) -> None:
+    """A generator function's run is its iteration, from the first ``next()`` to its end:
+    creating the generator logs nothing, and an error raised while iterating is a failure."""
+
+    @timed("rows")
+    def rows(count: int) -> Iterator[int]:
+        """Produce rows."""
+        for row in range(count):
+            clock.advance(0.25)
+            yield row
+        if count > 1:
+            raise RuntimeError("failed while iterating")
+
+    created = rows(1)
+    clock.advance(5)  # before the first next(): not part of the run
+    assert records.records == []
+    assert list(created) == [0]
+    with pytest.raises(RuntimeError, match="failed while iterating"):
+        list(rows(2))
+    assert [r.getMessage() for r in records.records] == [
+        "rows: ok in 250.0 ms",
+        "rows: failed (RuntimeError) after 500.0 ms",
+    ]
+    assert (rows.__name__, rows.__doc__) == ("rows", "Produce rows.")
+
+
+def test_decorated_generator_forwards_send_throw_and_close(
+    clock: FakeClock, records: pytest.LogCaptureFixture
+) -> None:
+    """``send``, ``throw`` and ``close`` reach the generator as though undecorated; closing
+    it before its end (a consumer that stops early) is not a failure."""
+    seen: list[object] = []
+
+    @timed("echo")
+    def echo() -> Generator[int, str, str]:
+        try:
+            while True:
+                try:
+                    seen.append((yield len(seen)))
+                except KeyError as error:
+                    seen.append(error)
+        finally:
+            clock.advance(1)
+            seen.append("closed")
+
+    generator = echo()
+    assert next(generator) == 0
+    assert generator.send("a") == 1
+    assert isinstance(generator.throw(KeyError("k")), int)
+    generator.close()
+    assert [type(item).__name__ if isinstance(item, BaseException) else item for item in seen] == [
+        "a",
+        "KeyError",
+        "closed",
+    ]
+    assert [r.getMessage() for r in records.records] == ["echo: ok in 1.00 s"]
+
+    @timed("returns")
+    def returns() -> Generator[int, None, str]:
+        yield 1
+        return "result"
+
+    def delegate() -> Generator[int, None, str]:
+        return (yield from returns())
+
+    delegating = delegate()
+    next(delegating)
+    with pytest.raises(StopIteration) as stopped:
+        next(delegating)
+    assert stopped.value.value == "result"
+
+
+def test_decorated_async_generator_is_timed_over_its_whole_iteration(
+    clock: FakeClock, records: pytest.LogCaptureFixture
+) -> None:
+    """The same for an async generator function: the whole ``async for`` is the run, and
+    ``asend``, ``athrow`` and ``aclose`` reach the generator."""
+    seen: list[object] = []
+
+    @timed("arows")
+    async def arows(count: int) -> AsyncIterator[int]:
+        for row in range(count):
+            await asyncio.sleep(0)
+            clock.advance(0.25)
+            yield row
+        if count > 1:
+            raise RuntimeError("failed while iterating")
+
+    @timed("aecho")
+    async def aecho() -> AsyncGenerator[int, str]:
+        try:
+            while True:
+                try:
+                    seen.append((yield len(seen)))
+                except KeyError as error:
+                    seen.append(type(error).__name__)
+        finally:
+            await asyncio.sleep(0)
+            clock.advance(1)
+            seen.append("closed")
+
+    async def collect(rows: AsyncIterator[int], into: list[int]) -> None:
+        async for row in rows:
+            into.append(row)  # noqa: PERF401 - keeps the rows got before the error
+
+    async def main() -> list[int]:
+        rows: list[int] = []
+        await collect(arows(1), rows)
+        with pytest.raises(RuntimeError, match="failed while iterating"):
+            await collect(arows(2), rows)
+        generator = aecho()
+        assert await generator.asend(None) == 0  # type: ignore[arg-type]
+        assert await generator.asend("a") == 1
+        assert await generator.athrow(KeyError("k")) == 2
+        await generator.aclose()
+        return rows
+
+    assert asyncio.run(main()) == [0, 0, 1]
+    assert seen == ["a", "KeyError", "closed"]
+    assert [r.getMessage() for r in records.records] == [
+        "arows: ok in 250.0 ms",
+        "arows: failed (RuntimeError) after 500.0 ms",
+        "aecho: ok in 1.00 s",
+    ]
+
+
+def test_records_point_at_the_users_code(records: pytest.LogCaptureFixture) -> None:
+    """A record's file and line are where the user's block ended or the call was made,
+    not tether's own code."""
+
+    @timed("call")
+    def call() -> None:
+        pass
+
+    line = sys._getframe().f_lineno + 1
+    with timed("block"):
+        pass
+    call()
+    assert [(r.filename, r.lineno) for r in records.records] == [
+        ("test_timing.py", line),
+        ("test_timing.py", line + 2),
+    ]
+
+
+def test_logger_adapter_records_carry_the_facts_and_its_own_extra(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through a ``LoggerAdapter``, the record has tether's facts beside the adapter's own
+    ``extra`` (which ``LoggerAdapter.process`` would otherwise replace them with)."""
+    caplog.set_level(logging.INFO, logger="adapted.facts")
+    adapter = logging.LoggerAdapter(logging.getLogger("adapted.facts"), {"request": "r1"})
+
+    def failing() -> None:
+        with timed("step", logger=adapter):
+            clock.advance(0.5)
+            raise KeyError("k")
+
+    with pytest.raises(KeyError):
+        failing()
+    record = caplog.records[0]
+    facts = {key: record.__dict__.get(key) for key in ("request", "timer", "ok", "error")}
+    assert facts == {"request": "r1", "timer": "step", "ok": False, "error": "KeyError"}
+    assert record.__dict__.get("elapsed") == 0.5
+    assert record.getMessage() == "step: failed (KeyError) after 500.0 ms"
 
 
 # --- bad input ----------------------------------------------------------------------------------

@@ -13,7 +13,10 @@ the task afterwards. Three kinds of cancellation exist where tether runs:
 :func:`run_shielded` handles all three. On asyncio it runs the cleanup in a task of its
 own and waits for it, absorbing cancellations meanwhile (and, when anyio is loaded, inside
 a shielded anyio scope so that anyio does not retry its delivery in a busy loop); on trio
-it uses a shielded trio cancel scope. Afterwards, a cancellation that arrived meanwhile is
+it uses a shielded trio cancel scope. Whatever the cleanup raises, ``KeyboardInterrupt``
+and ``SystemExit`` included, comes back to the calling task: asyncio would re-raise those
+two out of the event loop if the helper task raised them, losing the caller's own error
+and the cleanups it has still to run. Afterwards, a cancellation that arrived meanwhile is
 raised again; a caller whose own error must win over it hands it back to the task with
 :func:`redeliver_cancellation` instead.
 """
@@ -96,7 +99,8 @@ async def run_shielded(coro: Coroutine[Any, Any, T], *, timeout: float | None = 
         TimeoutError: ``coro`` overran ``timeout``; it has been cancelled and abandoned.
         asyncio.CancelledError: the calling task was cancelled while ``coro`` ran;
             ``coro`` finished first, and its error, if any, is the ``__cause__``.
-        BaseException: whatever ``coro`` raised.
+        BaseException: whatever ``coro`` raised (``KeyboardInterrupt`` and ``SystemExit``
+            included: they are raised here, in the calling task).
     """
     outcome = await run_shielded_outcome(coro, timeout=timeout)
     if outcome.cancelled:
@@ -124,7 +128,11 @@ async def _run_shielded_asyncio(
     coro: Coroutine[Any, Any, T], timeout: float | None
 ) -> ShieldedOutcome[T]:
     loop = asyncio.get_running_loop()
-    task = loop.create_task(coro)
+    # The task runs _capture(coro), never coro itself: asyncio re-raises a
+    # KeyboardInterrupt or SystemExit from a task out of the event loop, which would lose
+    # the caller's own error and every cleanup still to run. _capture hands whatever coro
+    # raises back as a value instead, for the caller's task to re-raise or report.
+    task = loop.create_task(_capture(coro))
     cancelled = False
     with _anyio_shield():
         deadline = None if timeout is None else loop.time() + timeout
@@ -138,17 +146,25 @@ async def _run_shielded_asyncio(
                 cancelled = True
     if not task.done():
         task.cancel()
-        # Nobody awaits an abandoned cleanup; retrieve its outcome when it ends so that
-        # asyncio does not log "exception was never retrieved" for it.
-        task.add_done_callback(_consume_outcome)
+        # Nobody awaits an abandoned cleanup; close coro once its task ends, in case the
+        # task was cancelled before _capture ever started it (timeout=0).
+        task.add_done_callback(lambda _: coro.close())
         return ShieldedOutcome(None, _overran(timeout), cancelled=cancelled)
     if task.cancelled():
-        # The cleanup cancelled itself (or was cancelled by someone holding its task).
+        # Cancelled before _capture started (by someone holding the task): coro never
+        # ran, and closing it spares it the "never awaited" warning.
+        coro.close()
         return ShieldedOutcome(None, asyncio.CancelledError(), cancelled=cancelled)
-    error = task.exception()
-    if error is not None:
-        return ShieldedOutcome(None, error, cancelled=cancelled)
-    return ShieldedOutcome(task.result(), None, cancelled=cancelled)
+    value, error = task.result()
+    return ShieldedOutcome(value, error, cancelled=cancelled)
+
+
+async def _capture(coro: Coroutine[Any, Any, T]) -> tuple[T | None, BaseException | None]:
+    """Run ``coro``; return ``(value, None)``, or ``(None, error)`` for what it raised."""
+    try:
+        return await coro, None
+    except BaseException as error:  # noqa: BLE001 - handed back to the caller's task
+        return None, error
 
 
 def redeliver_cancellation(raising: BaseException) -> None:
@@ -188,11 +204,6 @@ def _redeliver(task: asyncio.Task[Any], requests: int) -> None:
 
 def _overran(timeout: float | None) -> TimeoutError:
     return TimeoutError(f"cleanup did not finish within {timeout} seconds and was abandoned")
-
-
-def _consume_outcome(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 async def _run_shielded_trio(

@@ -9,12 +9,13 @@ the benchmarks of a source checkout (the "Benchmarks" section of the README), an
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._demo import run_demo
+from ._demo import DatabaseUnusable, run_demo
 from ._version import __version__
 
 DESCRIPTION = (
@@ -124,9 +125,28 @@ def run_bench(
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tether`` command with ``argv`` (default: ``sys.argv[1:]``).
 
+    A reader of the output that goes away early (``tether demo | head -1``) ends the
+    command quietly with status 1, as the Python documentation recommends for a broken
+    pipe, rather than with a traceback.
+
     Returns:
-        The exit status.
+        The exit status: 0 for success, 2 for a bad argument (``--dsn`` naming a database
+        that cannot be used included, reported in one ``tether: error:`` line), 1 for
+        anything else that failed.
     """
+    try:
+        try:
+            return _run(argv)
+        finally:
+            # Flush now, so that a broken pipe shows up here rather than when Python
+            # flushes stdout at exit and reports it as an ignored exception.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        return 1
+
+
+def _run(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     options: list[str] = []
     if "bench" in argv and "--" in argv[argv.index("bench") :]:
@@ -135,7 +155,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv, options = argv[:split], argv[split + 1 :]
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        return run_demo(sys.stdout, args.dsn)
+        try:
+            return run_demo(sys.stdout, args.dsn)
+        except DatabaseUnusable as error:
+            # The URL is a bad argument: one line and status 2, as argparse reports those.
+            print(f"tether: error: {error}", file=sys.stderr)
+            return 2
     if args.command == "bench":
         return run_bench(args.names, list_only=args.list, options=options)
     raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover
+
+
+def _discard_stdout() -> None:
+    """Point stdout at the null device once its reader has gone away.
+
+    The output still buffered cannot be delivered, and Python flushes stdout at exit:
+    that flush must not fail again.
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (replaced by a test, say): nothing to redirect
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import sys
 import tempfile
 import threading
 import uuid
@@ -32,7 +33,7 @@ from ._stream import StreamSnapshot, accumulate
 from ._suppress import suppress
 from ._timing import format_seconds, timed
 
-__all__ = ["STEPS", "Step", "Tour", "run_demo"]
+__all__ = ["STEPS", "DatabaseUnusable", "Step", "Tour", "check_database", "run_demo"]
 
 T = TypeVar("T")
 
@@ -392,6 +393,35 @@ STEPS: list[Step] = [
 """The tour, in order. Each capability of tether adds its own step here."""
 
 
+class DatabaseUnusable(Exception):
+    """The database given with ``--dsn`` cannot be used; the message says why, in one line.
+
+    Like a bad option, this is the caller's mistake, not the demo's: the command reports it
+    in one line rather than with a traceback.
+    """
+
+
+def check_database(dsn: str) -> None:
+    """Connect to ``dsn`` once, so that a bad URL fails before the tour starts.
+
+    Raises:
+        DatabaseUnusable: the URL is malformed, the server cannot be reached or refuses
+            the connection, or the PostgreSQL extra is not installed. The original error
+            is the ``__cause__``.
+    """
+    try:
+        from . import postgres  # noqa: PLC0415 - only with --dsn, which needs the extra
+
+        with postgres.pool(dsn, max_size=1, name="shop") as pool, pool.acquire():
+            pass
+    except Exception as error:
+        # Whatever went wrong, the URL is what the user must fix. The reason is kept to
+        # one line (libpq's messages span several); the URL itself is not repeated, as
+        # it may hold a password.
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise DatabaseUnusable(f"cannot use the database given with --dsn: {reason}") from error
+
+
 class _PlainFormatter(logging.Formatter):
     """Log lines for people following the tour: the message, no traceback."""
 
@@ -408,7 +438,12 @@ def run_demo(out: TextIO, dsn: str | None = None) -> int:
 
     Returns:
         The exit status: 0.
+
+    Raises:
+        DatabaseUnusable: ``dsn`` cannot be used (checked before the tour starts).
     """
+    if dsn is not None:
+        check_database(dsn)
     out.write("tether demo: deterministic cleanup, shown on a real SQLite database\n")
     if dsn is not None:
         out.write("the pool step runs on PostgreSQL\n")
@@ -426,11 +461,26 @@ def run_demo(out: TextIO, dsn: str | None = None) -> int:
     return 0
 
 
+class _TourHandler(logging.StreamHandler[TextIO]):
+    """Prints the tour's log records; a reader that went away ends the tour.
+
+    ``logging`` reports a failed write on stderr and carries on, which suits a log but not
+    a tour whose reader has left (``tether demo | head``): the ``BrokenPipeError``
+    propagates instead, as from any other line of the tour, and the command ends quietly.
+    """
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        error = sys.exc_info()[1]
+        if isinstance(error, BrokenPipeError):
+            raise error
+        super().handleError(record)
+
+
 @contextmanager
 def _printing_logger(out: TextIO) -> Iterator[logging.Logger]:
     """The ``tether.demo`` logger, printing to ``out`` while the tour runs, then restored."""
     logger = logging.getLogger("tether.demo")
-    handler = logging.StreamHandler(out)
+    handler = _TourHandler(out)
     handler.setFormatter(_PlainFormatter(f"{INDENT * 2}log: %(message)s"))
     saved = logger.level, logger.propagate
     logger.addHandler(handler)

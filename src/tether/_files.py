@@ -13,7 +13,8 @@ Theory of operation. A write goes through three steps:
    is fsynced, and then it takes the target's name in one step: ``os.replace``, or, with
    ``overwrite=False``, a hard link that fails when the name exists (so exactly one of
    several racing writers wins), followed by removing the temporary name. Finally the
-   directory is fsynced so the new name itself is durable.
+   directory is fsynced so the new name itself is durable (unless the process may not
+   open it, as in a write-only drop box: there only the file is).
 3. **Discard** (the block raised anything, ``KeyboardInterrupt`` and cancellation
    included, or a commit step failed before the rename). The temporary file is closed and
    removed; the target was never touched.
@@ -452,7 +453,17 @@ else:
 
 
 def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    """Make the directory's entries durable, when the writer may open the directory.
+
+    A directory one may write and search but not read (mode ``0o733``: a drop box, a spool
+    directory) cannot be opened, so cannot be synced; the write itself succeeded and the
+    file is on disk, so this is no reason to report the write as failed. Only the new
+    name may not survive a power cut there, as with ``open(path, "w")``.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except PermissionError:  # EACCES or EPERM
+        return
     try:
         _flush_to_disk(fd)
     finally:
@@ -568,7 +579,9 @@ def atomic_write(
         encoding: the text encoding, as for ``open()`` (``None``: the locale's).
         newline: newline translation, as for ``open()``.
         fsync: flush the file and its directory to disk, so the result survives a power
-            cut. ``False`` keeps the atomicity against crashes of the process only.
+            cut. ``False`` keeps the atomicity against crashes of the process only. A
+            directory the process may write but not read (mode ``0o733``) cannot be
+            flushed: there only the file is, and the write succeeds all the same.
         overwrite: ``False`` refuses to replace an existing ``path`` (or a symlink, even
             a dangling one): only one of several writers racing for a new name wins.
 

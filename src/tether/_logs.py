@@ -2,16 +2,22 @@
 
 Helpers such as :func:`tether.timed` and :func:`tether.suppress` accept either kind of
 logger and tell them apart by duck typing, so that structlog is never imported: a
-``logging.Logger`` or ``logging.LoggerAdapter`` gets a formatted message (with the same
-facts in ``extra``), anything else with ``bind`` and ``log`` methods is treated as a
-structlog bound logger and gets an event name with the facts as keyword fields.
+``logging.Logger`` or ``logging.LoggerAdapter`` gets a formatted message, with the same
+facts in ``extra`` (beside an adapter's own ``extra``) and, as the record's file and line,
+the user's code that left the ``with`` block or called the function; anything else with
+``bind`` and ``log`` methods is treated as a structlog bound logger and gets an event name
+with the facts as keyword fields.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Protocol, TypeAlias, final
+import sys
+from collections.abc import Mapping, MutableMapping
+from types import FrameType
+from typing import Any, Protocol, TypeAlias, final
+
+from ._sites import _PACKAGE_DIR
 
 __all__ = ["AnyLogger", "LogTarget", "StructuredLogger"]
 
@@ -79,10 +85,57 @@ class LogTarget:
             exc_info: an exception whose traceback goes with the record.
         """
         if self._stdlib is not None:
-            self._stdlib.log(level, "%s", text, exc_info=exc_info, extra=dict(fields))
+            _log_stdlib(self._stdlib, level, text, fields, exc_info)
         elif exc_info is None:
             assert self._structured is not None
             self._structured.log(level, event, **fields)
         else:
             assert self._structured is not None
             self._structured.log(level, event, exc_info=exc_info, **fields)
+
+
+def _log_stdlib(
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    level: int,
+    text: str,
+    fields: Mapping[str, object],
+    exc_info: BaseException | None,
+) -> None:
+    """Log ``text`` with ``fields`` in the record, at the first frame outside tether.
+
+    A ``LoggerAdapter``'s ``process()`` adds its context, but (before Python 3.13, and
+    after it unless ``merge_extra=True``) replaces the ``extra`` it is given with its own,
+    which would drop tether's fields, and an outer adapter's ``extra`` when adapters are
+    nested. So each adapter's ``process()`` is called here, outermost first, and what it
+    returns is merged with what was passed to it, which wins on a clash (as the call's
+    ``extra`` does with ``merge_extra``): tether's fields, then the outer adapters'. The
+    record is then logged on the logger beneath.
+    """
+    message = "%s"
+    extra: dict[str, object] = dict(fields)
+    keywords: MutableMapping[str, Any] = {
+        "exc_info": exc_info,
+        "extra": extra,
+        "stacklevel": _stacklevel(),
+    }
+    while isinstance(logger, logging.LoggerAdapter):
+        message, keywords = logger.process(message, keywords)
+        extra = {**(keywords.get("extra") or {}), **extra}
+        keywords["extra"] = extra
+        logger = logger.logger
+    logger.log(level, message, text, **keywords)
+
+
+def _stacklevel() -> int:
+    """The ``stacklevel`` that points a record at the user's code rather than tether's.
+
+    ``logging`` skips its own frames and counts the rest: level 1 is
+    :func:`_log_stdlib`, and each tether frame above it (``LogTarget.emit``, the
+    ``__exit__`` of ``timed`` or ``suppress``, a decorator's wrapper) adds one.
+    """
+    level = 1
+    frame: FrameType | None = sys._getframe(1)  # _log_stdlib's frame
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        level += 1
+        frame = frame.f_back
+    return level

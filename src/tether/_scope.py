@@ -112,25 +112,48 @@ def cleanup_errors(exc: BaseException) -> tuple[BaseException, ...]:
 def _attach(exc: BaseException, failures: list[tuple[str, BaseException]], scope: str) -> None:
     """Attach cleanup failures to the exception that propagates instead of them."""
     for label, error in failures:
-        exc.add_note(f"cleanup {label} of {scope} also failed: {type(error).__qualname__}: {error}")
+        exc.add_note(f"cleanup {label} of {scope} also failed: {_error_text(error)}")
     previous = getattr(exc, _CLEANUP_ERRORS_ATTR, ())
     setattr(exc, _CLEANUP_ERRORS_ATTR, previous + tuple(error for _, error in failures))
 
 
+def _error_text(error: BaseException) -> str:
+    """``Type: message`` for a note, even when the exception's ``__str__`` is broken.
+
+    A cleanup error whose ``str()`` raises must not replace the error it is attached to;
+    it is shown as the traceback module shows it.
+    """
+    try:
+        message = str(error)
+    except Exception:  # noqa: BLE001 - any bug in a user's __str__
+        message = "<exception str() failed>"
+    return f"{type(error).__qualname__}: {message}"
+
+
 def _describe(kind: int, function: Callable[..., Any], argument: object, name: str | None) -> str:
-    """Name a cleanup for an error message (only ever called once something failed)."""
+    """Name a cleanup for an error message (only ever called once something failed).
+
+    It never raises: it runs in the middle of the unwinding, where an error of its own
+    would skip the remaining cleanups. Attribute lookups run user code (a proxy's
+    ``__getattr__``); when one fails, the cleanup is named after its type.
+    """
     if name is not None:
         return repr(name)
     if kind in (_EXIT, _AEXIT):
         method = "__exit__" if kind == _EXIT else "__aexit__"
         # contextlib's generator-based managers are better named after their function.
-        generator = getattr(argument, "gen", None)
-        generator_name = getattr(generator, "__qualname__", None)
-        if isinstance(generator_name, str):
-            return f"{generator_name}() ({method})"
+        try:
+            generator_name = getattr(getattr(argument, "gen", None), "__qualname__", None)
+            if isinstance(generator_name, str):
+                return f"{generator_name}() ({method})"
+        except Exception:  # noqa: BLE001, S110 - a name is not worth the unwinding
+            pass
         return f"{type(argument).__qualname__}.{method}"
-    qualname = getattr(function, "__qualname__", None)
-    return qualname if isinstance(qualname, str) else repr(function)
+    try:
+        qualname = getattr(function, "__qualname__", None)
+        return qualname if isinstance(qualname, str) else repr(function)
+    except Exception:  # noqa: BLE001 - as above
+        return type(function).__qualname__
 
 
 def _exit_arguments(

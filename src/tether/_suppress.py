@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Final, Self, final
 
 from ._logs import AnyLogger, LogTarget
+from ._scope import _error_text
 
 __all__ = ["Suppressor", "suppress"]
 
@@ -128,7 +129,7 @@ class Suppressor:
                 self._level,
                 "suppressed",
                 {"error": error},
-                f"suppressed {error}: {exc}",
+                f"suppressed {_error_text(exc)}",  # safe from a broken __str__
                 exc_info=exc,
             )
 

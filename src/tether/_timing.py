@@ -1,9 +1,9 @@
 """``timed``: how long a block or a call took, logged with its outcome.
 
 One handle, :class:`Timer`, serves as a context manager (``with timed("load") as t:``) and
-as a decorator (``@timed("load")``), for sync and async functions alike. The clock is read
-twice per run (start and end) plus whenever ``elapsed`` is asked for during the run;
-nothing is formatted unless the record will actually be logged.
+as a decorator (``@timed("load")``), for sync and async functions and generators alike.
+The clock is read twice per run (start and end) plus whenever ``elapsed`` is asked for
+during the run; nothing is formatted unless the record will actually be logged.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import functools
 import inspect
 import logging
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
 from time import perf_counter
 from types import TracebackType
 from typing import Any, Final, ParamSpec, Self, TypeVar, cast, final
@@ -44,7 +44,11 @@ def timed(
         print(timer.elapsed, timer.ok)
 
     As a decorator (``@tether.timed("load users")``, on a sync or ``async def`` function)
-    every call is timed and logged on its own.
+    every call is timed and logged on its own. On a generator function (``def`` or
+    ``async def`` with ``yield``) each run is the whole iteration, from the first value
+    asked for until the generator is exhausted, raises or is closed, the consumer's time
+    between values included; a generator closed before its end (a ``break`` out of the
+    loop) counts as a success, one never iterated is not logged.
 
     Each run logs its name, duration in seconds and whether it succeeded. A stdlib logger
     gets a message such as ``load users: ok in 12.3 ms`` (the facts are also in the
@@ -185,13 +189,20 @@ class Timer:
 
         Args:
             fn: a function or an ``async def`` function (its calls are timed until the
-                coroutine finishes, not just until it is created).
+                coroutine finishes, not just until it is created), or a generator
+                function, sync or async (timed from the first value asked for until the
+                iteration ends; ``send``/``asend``, ``throw``/``athrow`` and
+                ``close``/``aclose`` reach the generator as they would undecorated).
 
         Returns:
             The wrapper, with ``fn``'s name and docstring.
         """
         if not callable(fn):
             raise TypeError(f"a timer decorates a callable, not {type(fn).__name__}")
+        if inspect.isgeneratorfunction(fn):
+            return cast(Callable[P, R], self._decorate_generator(fn))
+        if inspect.isasyncgenfunction(fn):
+            return cast(Callable[P, R], self._decorate_async_generator(fn))
         if inspect.iscoroutinefunction(fn):
             coroutine_function = cast(Callable[P, Coroutine[Any, Any, object]], fn)
 
@@ -208,6 +219,51 @@ class Timer:
                 return fn(*args, **kwargs)
 
         return timed_call
+
+    def _decorate_generator(
+        self, fn: Callable[P, Generator[Any, Any, Any]]
+    ) -> Callable[P, Generator[Any, Any, Any]]:
+        @functools.wraps(fn)
+        def timed_generator(*args: P.args, **kwargs: P.kwargs) -> Generator[Any, Any, Any]:
+            # The body runs at the first next(): the clock starts there, not at the call.
+            with self._fresh():
+                try:
+                    # yield from: send(), throw() and close() reach fn's generator as is.
+                    return (yield from fn(*args, **kwargs))
+                except GeneratorExit:
+                    # Closed by its consumer before the end (the `break` of a for loop):
+                    # fn's generator is closed already, and stopping early is no failure.
+                    return None
+
+        return timed_generator
+
+    def _decorate_async_generator(
+        self, fn: Callable[P, AsyncGenerator[Any, Any]]
+    ) -> Callable[P, AsyncGenerator[Any, Any]]:
+        @functools.wraps(fn)
+        async def timed_async_generator(
+            *args: P.args, **kwargs: P.kwargs
+        ) -> AsyncGenerator[Any, Any]:
+            # Async generators have no `yield from`: this is its expansion (PEP 380), with
+            # asend() for send(), athrow() for throw() and aclose() for close().
+            with self._fresh():
+                inner = fn(*args, **kwargs)
+                try:
+                    value = await inner.__anext__()
+                    while True:
+                        try:
+                            sent = yield value
+                        except GeneratorExit:
+                            await inner.aclose()
+                            return  # closed early by its consumer: no failure, as above
+                        except BaseException as error:  # noqa: BLE001 - thrown into inner
+                            value = await inner.athrow(error)
+                        else:
+                            value = await inner.asend(sent)
+                except StopAsyncIteration:
+                    return
+
+        return timed_async_generator
 
     def __repr__(self) -> str:
         state = "running" if self._started is not None else f"ok={self._ok}"
