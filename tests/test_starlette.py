@@ -9,6 +9,7 @@ for them with generous guard timeouts (failure guards, not timing assertions).
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import subprocess
 import sys
@@ -441,3 +442,62 @@ def test_missing_starlette_names_the_extra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert "pip install 'tether[starlette]'" in result.stdout
+
+
+@pytest.mark.parametrize("error", [ValueError("metrics backend down"), OSError("disk full")])
+async def test_on_complete_error_is_logged_and_the_response_still_finishes(
+    error: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An on_complete callback failing on a stream that ran out: the error is logged, not
+    raised (an OSError is no client disconnect either), the body is ended and the
+    background task runs."""
+    scenario = Scenario(lambda s: s.rows([]))
+    ran: list[bool] = []
+
+    def failing(snapshot: tether.StreamSnapshot[str, str]) -> None:
+        raise error
+
+    response = StreamingResponse(
+        scenario.rows(["a"]),
+        on_complete=[scenario.on_complete, failing],
+        background=BackgroundTask(lambda: ran.append(True)),
+    )
+    client = FakeClient()
+    with caplog.at_level(logging.ERROR, "tether.stream"):
+        await response(HTTP_SCOPE, client.receive, client.send)
+    assert (ran, scenario.outcomes) == ([True], [StreamOutcome.COMPLETED])
+    assert [(m.get("body"), m.get("more_body")) for m in client.messages[1:]] == [
+        (b"a", True),
+        (b"", False),
+    ]
+    assert [record.exc_info[1] for record in caplog.records if record.exc_info] == [error]
+
+
+async def test_sync_source_idle_timeout_waits_for_the_read_then_closes() -> None:
+    """A blocking read still running in its worker thread when idle_timeout expires: the
+    source is closed once that read returns (not while it runs, which a generator refuses
+    with "generator already executing"), and the stream is TIMED_OUT."""
+    blocked, release = threading.Event(), threading.Event()
+    closed: list[int] = []
+
+    def rows() -> Iterator[str]:
+        try:
+            yield "a"
+            blocked.set()
+            release.wait(GUARD)
+            yield "b"
+        finally:
+            closed.append(1)
+
+    snapshots: list[tether.StreamSnapshot[str, str]] = []
+    response = StreamingResponse(rows(), idle_timeout=0.05, on_complete=snapshots.append)
+    client = FakeClient()
+    call = asyncio.create_task(response(HTTP_SCOPE, client.receive, client.send))
+    assert await happened(blocked)
+    # The idle deadline was set before the read began, so it passes during this sleep.
+    await asyncio.sleep(0.2)
+    assert closed == []
+    release.set()
+    with pytest.raises(tether.StreamIdleTimeout):
+        await call
+    assert ([s.outcome for s in snapshots], closed) == ([StreamOutcome.TIMED_OUT], [1])

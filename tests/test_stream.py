@@ -1249,3 +1249,251 @@ async def test_reader_cancelled_while_closing_for_another_task_keeps_its_cancell
         await reader
     snapshot = await closer
     assert (snapshot.outcome, done.outcomes) == (StreamOutcome.CLOSED, [StreamOutcome.CLOSED])
+
+
+@pytest.mark.parametrize("then", ["sends another chunk", "ends"])
+async def test_source_that_swallows_the_close_in_the_fast_loop_is_closed(then: str) -> None:
+    """Default options on asyncio (the per-chunk fast path): a source that catches the
+    cancellation of its read, then sends a chunk or ends, still ends the loop at once as
+    CLOSED, and the reading task is left with no cancellation pending."""
+    hanging = asyncio.Event()
+
+    async def stubborn() -> AsyncIterator[str]:
+        yield "a"
+        try:
+            hanging.set()
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if then == "ends":
+                return
+            yield "swallowed"
+        yield "later"
+
+    stream = tether.accumulate(stubborn())
+
+    async def consume() -> tuple[list[str], int]:
+        seen = await drain(stream)
+        task = asyncio.current_task()
+        assert task is not None
+        return seen, task.cancelling()
+
+    reader = asyncio.create_task(consume())
+    await hanging.wait()
+    snapshot = await stream.aclose()
+    assert await reader == (["a"], 0)
+    assert (snapshot.outcome, snapshot.chunks) == (StreamOutcome.CLOSED, ("a",))
+
+
+async def test_aclose_cancels_the_task_reading_now_not_an_earlier_one() -> None:
+    """A stream first read in one task (which broke out of its loop and went on with other
+    work), then in a second: aclose() interrupts the second task's read, which ends its loop
+    quietly, and leaves the first task alone."""
+    hanging, first_done, release_first = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    stream = tether.accumulate(Probe(hanging).achunks(("a",), hang=True))
+
+    async def first() -> str:
+        async for _chunk in stream:
+            break
+        first_done.set()
+        await release_first.wait()  # unrelated work, which must not be cancelled
+        return "finished its own work"
+
+    first_task = asyncio.create_task(first())
+    await first_done.wait()
+    second_task = asyncio.create_task(drain(stream))
+    await hanging.wait()
+    with anyio.fail_after(10):  # a guard: aclose() waits for a read nobody interrupts
+        snapshot = await stream.aclose()
+    assert await second_task == []
+    release_first.set()
+    assert await first_task == "finished its own work"
+    assert (snapshot.outcome, snapshot.chunks) == (StreamOutcome.CLOSED, ("a",))
+
+
+async def test_aclose_interrupts_a_read_made_through_a_wrapping_generator() -> None:
+    """A task reading the stream through an async generator of its own is found as the
+    reader: its read is interrupted and its loop ends quietly."""
+    hanging = asyncio.Event()
+    stream = tether.accumulate(Probe(hanging).achunks(("a",), hang=True))
+
+    async def shouting(chunks: AsyncIterable[str]) -> AsyncIterator[str]:
+        async for chunk in chunks:
+            yield chunk.upper()
+
+    reader = asyncio.create_task(drain(shouting(stream)))
+    await hanging.wait()
+    with anyio.fail_after(10):  # a guard: aclose() waits for a read nobody interrupts
+        snapshot = await stream.aclose()
+    assert (await reader, snapshot.outcome) == (["A"], StreamOutcome.CLOSED)
+
+
+async def test_aclose_never_cancels_a_task_that_is_not_reading() -> None:
+    """The task that last started a loop broke out of it, and another task reads on through
+    an iterator it took earlier: aclose() refuses, and cancels neither task."""
+    hanging, first_done, release_first = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    probe = Probe(hanging)
+    stream = tether.accumulate(probe.achunks(("a",), hang=True))
+    iterator = aiter(stream)
+
+    async def first() -> str:
+        async for _chunk in stream:
+            break
+        first_done.set()
+        await release_first.wait()
+        return "finished its own work"
+
+    first_task = asyncio.create_task(first())
+    await first_done.wait()
+    pending = asyncio.create_task(anext(iterator))
+    await hanging.wait()
+    with anyio.fail_after(10), pytest.raises(RuntimeError, match="close it from the reading"):
+        await stream.aclose()
+    release_first.set()
+    assert await first_task == "finished its own work"
+    assert not pending.done()
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    assert (stream.outcome, probe.finally_count) == (StreamOutcome.CANCELLED, 1)
+
+
+async def test_two_acloses_during_a_pending_read_end_the_loop_quietly() -> None:
+    """Two tasks closing while a read is pending: the read is interrupted once, the reader's
+    loop ends quietly (its task is not cancelled), the source closes once."""
+    hanging = asyncio.Event()
+    probe, done = Probe(hanging), Recorder()
+    stream = tether.accumulate(probe.achunks(("a",), hang=True), on_complete=done)
+
+    async def consume() -> list[str]:
+        seen = await drain(stream)
+        await asyncio.sleep(0)  # the task carries on after its loop
+        return seen
+
+    reader = asyncio.create_task(consume())
+    await hanging.wait()
+    snapshots = await asyncio.gather(stream.aclose(), stream.aclose())
+    assert await reader == ["a"]
+    assert snapshots[0] is snapshots[1]
+    assert (done.outcomes, probe.finally_count) == ([StreamOutcome.CLOSED], 1)
+
+
+async def test_cancellation_during_a_read_while_another_task_closes_propagates() -> None:
+    """Another task closes the source between two reads; the consumer reads again and is
+    cancelled during that read: the cancellation reaches it instead of ending its loop."""
+    closing, release_close, reading_again = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    got_one, resume = asyncio.Event(), asyncio.Event()
+
+    class SlowClose:
+        """An SDK-style stream: its own iterator, which has no close of its own."""
+
+        def __init__(self) -> None:
+            self.sent = 0
+
+        def __aiter__(self) -> SlowClose:
+            return self
+
+        async def __anext__(self) -> str:
+            self.sent += 1
+            if self.sent == 1:
+                return "a"
+            reading_again.set()
+            await asyncio.sleep(3600)
+            return "b"
+
+        async def aclose(self) -> None:
+            closing.set()
+            await release_close.wait()
+
+    stream = tether.accumulate(SlowClose())
+    after_loop: list[str] = []
+
+    async def consume() -> None:
+        async for _chunk in stream:
+            got_one.set()
+            await resume.wait()
+        after_loop.append("the loop ended as though nothing happened")
+
+    reader = asyncio.create_task(consume())
+    await got_one.wait()
+    closer = asyncio.create_task(stream.aclose())
+    await closing.wait()
+    resume.set()
+    await reading_again.wait()
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    release_close.set()
+    assert (await closer).outcome is StreamOutcome.CLOSED
+    assert after_loop == []
+
+
+class _SlowCloseAtEnd:
+    """An SDK-style stream with one chunk whose aclose() waits (releasing a connection)."""
+
+    def __init__(self) -> None:
+        self.closing = asyncio.Event()
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[str]:
+        yield "a"
+
+    async def aclose(self) -> None:
+        self.closing.set()
+        await asyncio.sleep(3600)
+
+
+def _metrics_backend_down(snapshot: object) -> None:
+    raise ValueError("metrics backend down")
+
+
+async def test_cancellation_while_closing_the_source_stays_a_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The consumer cancelled while the finished stream closes its source, and a callback
+    failing too: the task ends cancelled (not with CleanupError), the callback's error noted
+    on the cancellation."""
+    source = _SlowCloseAtEnd()
+    caught: list[BaseException] = []
+
+    async def consume() -> None:
+        try:
+            await drain(tether.accumulate(source, on_complete=_metrics_backend_down))
+        except BaseException as exc:
+            caught.append(exc)
+            raise
+
+    with caplog.at_level(logging.CRITICAL, "tether.stream"):
+        task = asyncio.create_task(consume())
+        await source.closing.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert task.cancelled()
+    assert isinstance(caught[0], asyncio.CancelledError)
+    assert any("metrics backend down" in note for note in caught[0].__notes__)
+
+
+async def test_timeout_while_closing_the_source_is_a_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An asyncio.timeout expiring while the finished stream closes its source, with a
+    callback failing too, raises the timeout's TimeoutError."""
+    source = _SlowCloseAtEnd()
+    loop = asyncio.get_running_loop()
+
+    async def expire_when_closing(timeout: asyncio.Timeout) -> None:
+        await source.closing.wait()
+        timeout.reschedule(loop.time())
+
+    expiries: list[asyncio.Task[None]] = []
+
+    async def read_within_a_timeout() -> None:
+        async with asyncio.timeout(None) as timeout:
+            expiries.append(asyncio.create_task(expire_when_closing(timeout)))
+            await drain(tether.accumulate(source, on_complete=_metrics_backend_down))
+
+    with caplog.at_level(logging.CRITICAL, "tether.stream"), pytest.raises(TimeoutError):
+        await read_within_a_timeout()
+    await expiries[0]

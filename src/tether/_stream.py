@@ -29,13 +29,20 @@ An async read that is pending when ``aclose()`` is called from another task is c
 in the reading task (a one-shot ``Task.cancel()`` on asyncio, withdrawn again with
 ``uncancel()``; a per-read cancel scope on trio). The reading task then closes the source
 itself and ends its iteration quietly, while ``aclose()`` waits for it: the source is
-never touched by two tasks at once, so there is no "already running" error.
+never touched by two tasks at once, so there is no "already running" error. On asyncio the
+reading task is the one that last started a loop over the stream (``__aiter__``), and it
+is cancelled only once its await is seen to lead down to the stream's iterator; recording
+it per loop rather than per read keeps the task lookup off the per-chunk path. A source
+that swallows the cancellation is stopped at its next chunk, or at its end, by the
+``close_requested`` flag, which every loop checks after each read. A second ``aclose()``
+meanwhile only waits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import gc
 import inspect
 import logging
 import sys
@@ -93,6 +100,9 @@ Timing: TypeAlias = Literal["basic", "detailed"]
 
 _logger: Final = logging.getLogger("tether.stream")
 _clock: Final = time.perf_counter
+# How far down a task's chain of awaits to look for a stream's iterator; chains of
+# wrappers (async generators over async generators) are far shorter in practice.
+_AWAIT_DEPTH: Final = 64
 
 
 class StreamOutcome(enum.Enum):
@@ -295,8 +305,36 @@ def _report(primary: BaseException, errors: list[BaseException], site: Site) -> 
 def _raise_all(errors: list[BaseException], site: Site) -> None:
     if len(errors) == 1:
         raise errors[0]
+    for error in errors:
+        if _is_cancellation(error):
+            # A cancellation (or KeyboardInterrupt) that interrupted the close must stay
+            # one: folded into a CleanupError, an Exception, it would no longer cancel the
+            # task, and asyncio.timeout would not turn it into its TimeoutError.
+            _report(error, [other for other in errors if other is not error], site)
+            raise error
     if errors:
         raise CleanupError(f"finishing the stream created at {site} failed", errors)
+
+
+def _awaits(task: asyncio.Task[Any], target: object) -> bool:
+    """Whether ``task`` is suspended in an await that leads down to ``target``."""
+    awaited: object = task.get_coro()
+    for _ in range(_AWAIT_DEPTH):
+        if awaited is target:
+            return True
+        if awaited is None:
+            return False
+        if inspect.iscoroutine(awaited):
+            awaited = awaited.cr_await
+        elif inspect.isasyncgen(awaited):  # a generator wrapping the stream
+            awaited = awaited.ag_await
+        else:
+            # An async generator's asend() / athrow() (what `async for` awaits) shows
+            # the generator it drives only to the garbage collector; a future, the end
+            # of every chain, refers to none.
+            generators = [r for r in gc.get_referents(awaited) if inspect.isasyncgen(r)]
+            awaited = generators[0] if len(generators) == 1 else None
+    return False
 
 
 class _StreamState(Generic[T, C]):
@@ -566,8 +604,18 @@ class _StreamState(Generic[T, C]):
 
     # -- closing from another task while a read is pending ------------------------
 
-    def cancel_pending_read(self) -> None:
-        """Interrupt the read in progress in another task (asyncio or trio)."""
+    def note_reader(self) -> None:
+        """Record the current asyncio task as the one reading (a loop starts or resumes)."""
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # not on asyncio: trio's reads each open a cancel scope
+            return
+        reader = self.reader
+        if task is not None and (reader is None or reader() is not task):
+            self.reader = weakref.ref(task)
+
+    def cancel_pending_read(self, iterator: object) -> None:
+        """Interrupt the read of ``iterator`` in progress in another task (asyncio or trio)."""
         if current_async_library() == "trio":
             scope = self.read_scope
             if scope is None:
@@ -578,15 +626,18 @@ class _StreamState(Generic[T, C]):
             self.close_requested = True
             scope.cancel()
             return
-        task = None if self.reader is None else self.reader()
-        if task is None or task.done():
-            raise RuntimeError(
-                f"the stream created at {self.site} is being read by a task other than "
-                "the one that started iterating it; close it from the reading task"
-            )
-        if task is asyncio.current_task():
+        if getattr(iterator, "ag_await", None) is None:
+            # Running rather than suspended in an await: this very task is inside the read.
             raise RuntimeError(
                 f"the stream created at {self.site} cannot be closed from inside its own read"
+            )
+        task = None if self.reader is None else self.reader()
+        if task is None or task.done() or not _awaits(task, iterator):
+            # Never cancel a task that is not waiting for the source: it would be
+            # interrupted in unrelated work while the read went on.
+            raise RuntimeError(
+                f"the stream created at {self.site} is being read by a task other than "
+                "the one that last started a loop over it; close it from the reading task"
             )
         self.close_requested = True
         self.cancel_sent = True
@@ -706,18 +757,23 @@ async def _aiterate(state: _StreamState[T, C]) -> AsyncIterator[T]:
     append = state.chunks.append
     on_asyncio = current_async_library() == "asyncio"
     if on_asyncio:
-        task = asyncio.current_task()
-        state.reader = None if task is None else weakref.ref(task)
+        # The loop that made this iterator may have run in another task than this read.
+        state.note_reader()
     state.started_at = _clock()
     try:
         if on_asyncio and state.idle_timeout is None and not state.detailed:
             async for chunk in it:
+                if state.close_requested:
+                    # The source swallowed the cancellation of its read.
+                    _ReadInterrupted.throw()
                 state.first_at = _clock()
                 append(chunk)
                 yield chunk
                 break
-            # The hot loop: one append and one yield per chunk.
+            # The hot loop: one flag test, one append and one yield per chunk.
             async for chunk in it:
+                if state.close_requested:
+                    _ReadInterrupted.throw()
                 append(chunk)
                 yield chunk
         else:
@@ -745,6 +801,10 @@ async def _aiterate(state: _StreamState[T, C]) -> AsyncIterator[T]:
                 last = now
                 append(result)
                 yield result
+        if state.close_requested:
+            # The source swallowed the cancellation of its read, then ended: the stream
+            # was still closed, and the cancellation must be withdrawn all the same.
+            _ReadInterrupted.throw()
     except GeneratorExit:
         if state.running():
             # Closed without aclose(): the event loop finalised the collected iterator.
@@ -772,7 +832,11 @@ async def _aiterate(state: _StreamState[T, C]) -> AsyncIterator[T]:
                     raise error from None
             return
         if not state.running():
-            # Closed meanwhile between two reads; reading the closed source failed.
+            # Closed meanwhile by another task between two reads: reading the closed
+            # source failed, which ends the loop quietly. A cancellation of this task
+            # during that read is the task's own, though, and must reach it.
+            if _is_cancellation(exc) and not isinstance(exc, _ReadInterrupted):
+                raise
             return
         cancelled = _is_cancellation(exc)
         errors = await state.afinish(
@@ -961,6 +1025,9 @@ class AsyncStream(_StreamView[T_co, C_co]):
         iterator = self._iterator
         if iterator is None:
             iterator = self._iterator = _aiterate(self._state)
+        else:
+            # A later loop, perhaps in another task: aclose() must interrupt this one.
+            self._state.note_reader()
         return iterator
 
     async def __aenter__(self) -> AsyncStream[T_co, C_co]:
@@ -1003,19 +1070,23 @@ class AsyncStream(_StreamView[T_co, C_co]):
         Closing an unfinished stream reports :attr:`StreamOutcome.CLOSED`; closing a
         finished one just returns its snapshot. May be called from another task while a
         read is pending: that read is cancelled in the reading task, which closes the
-        source and ends its loop quietly, and ``aclose()`` returns once it has. On asyncio
-        the read is cancelled with ``Task.cancel()``, as ``asyncio.timeout`` does, so work
-        the source shields from anyio cancellation only (``anyio.to_thread.run_sync``) is
-        not waited for.
+        source and ends its loop quietly, and ``aclose()`` returns once it has (a source
+        that swallows the cancellation is stopped at its next chunk, which is not
+        delivered). Several ``aclose()`` calls at once cancel the read once; the others
+        wait for it. On asyncio the read is cancelled with ``Task.cancel()``, as
+        ``asyncio.timeout`` does, so work the source shields from anyio cancellation only
+        (``anyio.to_thread.run_sync``) is not waited for.
 
         Returns:
             The final snapshot.
 
         Raises:
             RuntimeError: a read is pending in a task tether cannot interrupt (on asyncio,
-                a task other than the one that started iterating).
+                a task other than the one that last started a loop over the stream).
             Exception: what closing the source or an ``on_complete`` callback raised (also
-                logged); several errors raise :class:`~tether.CleanupError`.
+                logged); several errors raise :class:`~tether.CleanupError`. A
+                cancellation of the calling task while it closes the source propagates
+                as such, with the other errors as notes.
         """
         _raise_all(await self._close(StreamOutcome.CLOSED), self._state.site)
         return self._state.snapshot()
@@ -1033,7 +1104,10 @@ class AsyncStream(_StreamView[T_co, C_co]):
             await state.wait_done()
             return []
         if self._read_pending():
-            state.cancel_pending_read()
+            if not state.close_requested:
+                # A second aclose() meanwhile waits for the first one's: cancelling again
+                # would cancel the reading task itself, whose loop must end quietly.
+                state.cancel_pending_read(self._iterator)
             await state.wait_done()
             errors, state.pending_errors = state.pending_errors, []
             return errors

@@ -15,6 +15,7 @@ Needs the ``starlette`` extra: ``pip install 'tether[starlette]'``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Final, Generic, TypeVar, cast, final
 
@@ -43,19 +44,33 @@ _EXHAUSTED: Final = object()
 async def _iterate_in_thread(source: Iterable[ChunkT]) -> AsyncIterator[ChunkT]:
     """Read a blocking source in worker threads; close it in one, whatever happens."""
     iterator = iter(source)
+    # Held by the worker thread for each next(), and by the one that closes. An anyio
+    # cancellation waits for a read in progress, but a plain asyncio one (idle_timeout's
+    # asyncio.timeout) abandons it with its thread still inside next(): the close must
+    # wait for that thread, or a generator fails with "generator already executing" and
+    # stays open.
+    busy = threading.Lock()
+
+    def read() -> object:
+        with busy:
+            return next(iterator, _EXHAUSTED)
+
+    def close_all() -> None:
+        with busy:
+            for target in (iterator,) if iterator is source else (iterator, source):
+                close = getattr(target, "close", None)
+                if close is not None:
+                    close()
+
     try:
         while True:
-            # A read in progress cannot be interrupted: a cancellation waits for it.
-            chunk = await anyio.to_thread.run_sync(next, iterator, _EXHAUSTED)
+            chunk = await anyio.to_thread.run_sync(read)
             if chunk is _EXHAUSTED:
                 return
             yield cast("ChunkT", chunk)
     finally:
         with anyio.CancelScope(shield=True):
-            for target in (iterator,) if iterator is source else (iterator, source):
-                close = getattr(target, "close", None)
-                if close is not None:
-                    await anyio.to_thread.run_sync(close)
+            await anyio.to_thread.run_sync(close_all)
 
 
 @final
@@ -73,9 +88,9 @@ class StreamingResponse(_StarletteStreamingResponse, Generic[ChunkT]):
     out (``COMPLETED``), when the client disconnects — also before the first chunk —
     (``CLOSED``), when it raises (``ERROR``, and the exception propagates to the server
     as with Starlette's own response), or when the request is cancelled (``CANCELLED``).
-    ``on_complete`` runs exactly once, before the call returns; an exception in it is
-    logged through the ``tether.stream`` logger, not raised, since the response is gone
-    by then.
+    ``on_complete`` runs exactly once, before the call returns; an exception in it (or
+    in closing a source that ran out) is logged through the ``tether.stream`` logger, not
+    raised: the response is still finished and its ``background`` task run.
 
     Attributes:
         stream: the :class:`~tether.AsyncStream` being served; after the response,
@@ -186,9 +201,16 @@ class StreamingResponse(_StarletteStreamingResponse, Generic[ChunkT]):
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        async for chunk in self.stream:
-            body = chunk.encode(self.charset) if isinstance(chunk, str) else chunk
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+        try:
+            async for chunk in self.stream:
+                body = chunk.encode(self.charset) if isinstance(chunk, str) else chunk
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+        except Exception:
+            if self.stream.outcome is not StreamOutcome.COMPLETED:
+                raise
+            # The source ran out, so the error is finishing the stream's: an on_complete
+            # callback, or closing the source. tether logged it; the body is whole, so the
+            # response is finished as usual rather than cut off.
         if not self._disconnected:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
