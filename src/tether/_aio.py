@@ -132,7 +132,13 @@ async def _run_shielded_asyncio(
     # KeyboardInterrupt or SystemExit from a task out of the event loop, which would lose
     # the caller's own error and every cleanup still to run. _capture hands whatever coro
     # raises back as a value instead, for the caller's task to re-raise or report.
-    task = loop.create_task(_capture(coro))
+    # In the caller's own context where asyncio can say which that is (Python 3.12+), so
+    # that a cleanup resetting a context variable it set on entry finds it; on 3.11 it
+    # runs in a copy, as any new task does.
+    caller = asyncio.current_task()
+    get_context = getattr(caller, "get_context", None)
+    context = get_context() if get_context is not None else None
+    task = loop.create_task(_capture(coro), context=context)
     cancelled = False
     with _anyio_shield():
         deadline = None if timeout is None else loop.time() + timeout
