@@ -31,7 +31,7 @@ import anyio
 import pytest
 
 import tether
-from pool_flavours import Gate, Thing, Things, eventually, within
+from pool_flavours import GUARD, Gate, Thing, Things, eventually, within
 from tether import _async_pool
 
 POINTS = [
@@ -435,6 +435,27 @@ async def test_open_fails_when_a_create_raises_cancelled_error_itself() -> None:
         with pytest.raises(RuntimeError, match="cancelled"):
             await pool.open()
     assert pool.closed
+
+
+async def test_open_closed_meanwhile_is_not_a_failed_open() -> None:
+    """close() while open() waits for its first resources cancels those creations: that
+    is the pool closing, not create() failing, so open() does not raise an error of
+    creation (nor anything else made up), and nothing was counted as a failure."""
+    started = asyncio.Event()
+
+    async def create() -> Thing:
+        started.set()
+        await asyncio.sleep(GUARD)
+        return Thing(1)
+
+    pool = tether.AsyncPool(create, min_size=1, max_size=1)
+    opening = asyncio.ensure_future(pool.open())
+    async with within():
+        await started.wait()
+        await pool.close()
+        await opening  # returns: the pool it opened is closed now, as asked
+    assert pool.closed
+    assert pool.stats().create_errors == 0
 
 
 async def test_a_hand_out_to_a_caller_cancelled_before_it_ran_is_not_a_use() -> None:

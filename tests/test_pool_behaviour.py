@@ -380,24 +380,48 @@ async def test_a_failed_check_in_a_full_pool_waits_for_the_room_it_leaves(
     assert (stats.size, stats.created, stats.check_failures, stats.waiting) == (1, 2, 1, 0)
 
 
-async def test_a_caller_with_no_time_to_check_a_resource_gets_pool_timeout(
+async def test_a_caller_with_timeout_zero_still_gets_an_idle_resource_checked(
     flavour: Flavour, things: Things
 ) -> None:
-    """A caller with timeout=0 finds only an idle resource due its check: there is no time
-    left to check it, so the caller gets PoolTimeout without it being checked, and the
-    resource stays in the pool, still due its check, for the next caller with time."""
-    pool = await opened(flavour, things, check=flavour.hook(things.check), check_after=0.0)
-    async with flavour.acquire(pool) as resource:
-        pass
-    with pytest.raises(tether.PoolTimeout):
-        await flavour.get(pool, timeout=0)
-    assert resource.checks == 0
-    stats = pool.stats()
-    assert (stats.idle, stats.in_use, stats.timeouts, stats.check_failures) == (1, 0, 1, 0)
-    async with flavour.acquire(pool) as again:
-        assert again is resource
+    """timeout=0 means "do not wait in line", not "no check": an idle resource due its
+    check is checked (within the check's own time) and handed out, so that callers with
+    timeout=0 (or a pool whose acquire_timeout is 0) keep being served once its
+    resources have sat idle."""
+    pool = await opened(
+        flavour, things, check=flavour.hook(things.check), check_after=0.0, min_size=1
+    )
+    resource = await flavour.get(pool, timeout=0)  # made by open(), idle since
     assert resource.checks == 1
-    assert resource.destroyed == 0
+    await flavour.put(pool, resource)
+    stats = pool.stats()
+    assert (stats.timeouts, stats.check_failures) == (0, 0)
+
+
+async def test_no_check_starts_after_the_callers_deadline(flavour: Flavour, things: Things) -> None:
+    """A caller whose first resource's check fails (or, async, is still running) when
+    its deadline comes gets PoolTimeout; it does not go on to check the next idle one,
+    which stays in the pool unchecked, due its check, for the next caller."""
+    slow_failing: list[Thing] = []
+
+    def check(thing: Thing) -> bool:
+        thing.checks += 1
+        if thing in slow_failing:
+            time.sleep(0.2)  # past the caller's deadline, blocking even an event loop
+            return False
+        return True
+
+    pool = await opened(flavour, things, check=flavour.hook(check), check_after=0.0)
+    async with flavour.acquire(pool) as first, flavour.acquire(pool) as second:
+        pass  # `second` goes back first: `first` is on top of the idle stack
+    slow_failing.append(first)
+    with pytest.raises(tether.PoolTimeout):
+        await flavour.get(pool, timeout=0.05)
+    assert (first.checks, second.checks) == (1, 0)
+    stats = pool.stats()
+    assert (stats.idle, stats.in_use, stats.timeouts) == (1, 0, 1)
+    async with flavour.acquire(pool) as again:
+        assert again is second
+    assert second.checks == 1
 
 
 async def test_reset_runs_on_every_return(flavour: Flavour, things: Things) -> None:

@@ -191,14 +191,16 @@ class AsyncPool(PoolShell[R]):
         await asyncio.wait(creations)
         # A creation cancelled from within create() was recorded as a failure (its
         # error is the pool's last one): it fails the open as much as any other.
-        errors = [
-            self._core.last_error if c.cancelled() else c.exception()
-            for c in creations
-            if c.cancelled() or c.exception()
-        ]
+        errors: list[BaseException] = []
+        for creation in creations:
+            if creation.cancelled():
+                if self._core.state is OPEN:  # else close() cancelled it: no failure
+                    errors.append(self._cancelled_within())
+            elif (error := creation.exception()) is not None:
+                errors.append(error)
         if errors:
             await self.close()
-            raise errors[0]  # type: ignore[misc]
+            raise errors[0]
 
     def _serve_on(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind the pool to ``loop`` and start its housekeeper there."""
@@ -343,9 +345,10 @@ class AsyncPool(PoolShell[R]):
                 if self._check is None or not core.needs_check(grant, _monotonic()):
                     return grant
                 now = _monotonic()
-                if now >= waiter.deadline:
-                    # No time left to check it (timeout=0, or a check failed at the
-                    # deadline): it goes back unchecked, still due its check.
+                if now >= waiter.deadline > waiter.since:
+                    # No time left to check it (a check failed at the deadline): it goes
+                    # back unchecked, still due its check. (A caller with timeout=0 does
+                    # not wait in line, but the check of an idle resource still runs.)
                     core.cancel_wait(waiter, now, timed_out=True)
                     self._flush()
                     raise core.timeout_error(now - waiter.since, now)
@@ -451,7 +454,9 @@ class AsyncPool(PoolShell[R]):
         check = self._check
         assert check is not None
         try:
-            async with asyncio.timeout_at(_loop_deadline(waiter.deadline)) as scope:
+            # Within the caller's deadline; with timeout=0 the check has its own only.
+            deadline = waiter.deadline if waiter.deadline > waiter.since else float("inf")
+            async with asyncio.timeout_at(_loop_deadline(deadline)) as scope:
                 verdict = check(slot.resource)
                 if inspect.isawaitable(verdict):
                     verdict = await verdict
@@ -595,8 +600,7 @@ class AsyncPool(PoolShell[R]):
                 # Not cancelled by close(): create() itself raised CancelledError (a
                 # future it awaited was cancelled under it). A failed creation, like any
                 # other; not a sign that the pool is closing.
-                cancelled = RuntimeError(f"pool {self.name!r}: create() was cancelled from within")
-                core.create_failed(cancelled, _monotonic(), waiter)
+                core.create_failed(self._cancelled_within(), _monotonic(), waiter)
                 self._poke_housekeeper()
             else:
                 core.creation_abandoned(waiter)
@@ -608,6 +612,9 @@ class AsyncPool(PoolShell[R]):
             if core.size < core.config.min_size:
                 self._poke_housekeeper()  # the pool may just have come back: refill it now
         self._flush()
+
+    def _cancelled_within(self) -> RuntimeError:
+        return RuntimeError(f"pool {self.name!r}: create() was cancelled from within")
 
     def _refill(self) -> None:
         for _ in range(self._core.refill(_monotonic())):

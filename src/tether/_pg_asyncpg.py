@@ -121,9 +121,6 @@ def async_pool(
             protocol = conn._protocol
             cancelling = protocol._is_cancelling()
             block = conn._top_xact
-            # Set from a statement's preparation to its last row, including the moments
-            # between two requests when the protocol itself is idle.
-            executing = conn._stmt_exclusive_section._acquired
         except AttributeError:
             raise ConnectionStateUnknown(
                 "this asyncpg cannot tell whether a cancelled query is still running, "
@@ -131,8 +128,6 @@ def async_pool(
             ) from None
         if cancelling:  # the cancelled request has no task left waiting for it
             return _settle(conn, server_timeout)
-        if executing:
-            raise _still_running()
         # conn.is_in_transaction(), less a call; `block`: a transaction() whose BEGIN was
         # interrupted leaves asyncpg believing it is open, server or not.
         if block is not None or protocol.is_in_transaction():
@@ -156,9 +151,12 @@ def async_pool(
         try:
             protocol = conn._protocol
             idle = conn.is_closed() or protocol._is_cancelling()
+            # Set from a statement's preparation to its last row, including the moments
+            # between two requests when the protocol itself is idle.
+            executing = not idle and conn._stmt_exclusive_section._acquired
         except AttributeError:
-            idle = True  # reset() says what it cannot tell
-        if not idle and _request_in_flight(protocol):
+            idle, executing = True, False  # reset() says what it cannot tell
+        if executing or (not idle and _request_in_flight(protocol)):
             raise _still_running()
         return reset(conn)
 

@@ -336,9 +336,10 @@ class Pool(PoolShell[R]):
                 if not grant.must_check:
                     return grant
                 now = _monotonic()
-                if now >= waiter.deadline:
-                    # No time left to check it (timeout=0, or a check failed at the
-                    # deadline): it goes back unchecked, still due its check.
+                if now >= waiter.deadline > waiter.since:
+                    # No time left to check it (a check failed at the deadline): it goes
+                    # back unchecked, still due its check. (A caller with timeout=0 does
+                    # not wait in line, but the check of an idle resource still runs.)
                     with self._lock:
                         core.cancel_wait(waiter, now, timed_out=True)
                     self._flush()

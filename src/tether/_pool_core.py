@@ -430,7 +430,7 @@ class PoolCore(Generic[R]):
         # counters; hand-outs are counted by the slots' leases, so the fast path counts
         # nothing: acquired = hand-outs of gone slots + of live ones - those taken back.
         self._gone_handouts = 0
-        self._inherited: set[int] = set()
+        self._inherited: dict[int, Slot[R]] = {}
         """Ids of the resources held across a fork, in the child: each may still be
         given back there with ``put()``, once, and is then let alone."""
         self._unhanded = 0
@@ -487,10 +487,10 @@ class PoolCore(Generic[R]):
     def inherited(self, resource: object) -> bool:
         """Whether ``resource`` was held across a fork and is given back in the child now
         (true once: its return is accepted, and changes nothing)."""
-        try:
-            self._inherited.remove(id(resource))
-        except KeyError:
+        slot = self._inherited.get(id(resource))
+        if slot is None or slot.resource is not resource:
             return False
+        del self._inherited[id(resource)]
         return True
 
     # ------------------------------------------------------------------ lifecycle
@@ -553,7 +553,7 @@ class PoolCore(Generic[R]):
             if slot.held:
                 slot.lease += 1
                 slot.reclaimed = True
-                self._inherited.add(id(slot.resource))
+                self._inherited[id(slot.resource)] = slot
             slot.fast_until = slot.fresh_until = -INF
             slot.state = GONE
         self.idle.clear()
@@ -1005,6 +1005,7 @@ class PoolCore(Generic[R]):
         if slot.lease != lease or lease & 1 == 0 or slot.state is not LIVE:
             if slot.reclaimed and slot.lease == lease + 1:
                 slot.reclaimed = False  # a second return of the same lease is an error
+                self._inherited.pop(id(slot.resource), None)
                 return
             raise ValueError(
                 f"{slot.resource!r} is not held from pool {self.config.name!r} "
