@@ -458,6 +458,35 @@ async def test_open_closed_meanwhile_is_not_a_failed_open() -> None:
     assert pool.stats().create_errors == 0
 
 
+async def test_a_check_cut_short_after_close_took_its_resource_back_destroys_it_once() -> None:
+    """close(timeout=...) takes back, to destroy, a resource whose check is still running;
+    when that check is then cut short (its caller cancelled), the resource must not be
+    retired a second time: each resource is destroyed exactly once, and the pool ends
+    closed with nothing counted as held."""
+    things = Things()
+    checking = asyncio.Event()
+
+    async def check(thing: Thing) -> bool:
+        checking.set()
+        await asyncio.sleep(GUARD)
+        return True
+
+    pool = tether.AsyncPool(
+        things.create, destroy=things.destroy, check=check, min_size=1, check_after=0.0
+    )
+    async with within():
+        await pool.open()
+        caller = asyncio.ensure_future(pool.get())
+        await checking.wait()
+        await pool.close(timeout=0.01)  # reclaims the resource being checked
+        caller.cancel()
+        with pytest.raises((asyncio.CancelledError, tether.PoolClosed)):
+            await caller
+        await eventually(lambda: pool.stats().size == 0, "the pool emptied")
+    things.assert_all_destroyed_once()
+    assert pool.stats().in_use == 0
+
+
 async def test_a_hand_out_to_a_caller_cancelled_before_it_ran_is_not_a_use() -> None:
     """With max_uses, a resource handed to a waiting task that was cancelled a moment
     before (it cannot take the resource, and passes it on unused) is not charged a use:

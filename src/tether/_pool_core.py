@@ -728,7 +728,8 @@ class PoolCore(Generic[R]):
         uncounted (``timed_out`` counts the caller's timeout)."""
         if timed_out:
             self.timeouts += 1
-        self._take_back(slot)
+        if slot.held:  # else a close(timeout=...) took it back meanwhile, to destroy
+            self._take_back(slot)
 
     def _take_back(self, slot: Slot[R]) -> None:
         slot.lease += 1
