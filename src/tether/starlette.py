@@ -42,25 +42,50 @@ _EXHAUSTED: Final = object()
 
 
 async def _iterate_in_thread(source: Iterable[ChunkT]) -> AsyncIterator[ChunkT]:
-    """Read a blocking source in worker threads; close it in one, whatever happens."""
+    """Read a blocking source in worker threads; close it in one, once, whatever happens.
+
+    An anyio cancellation waits for a read in progress, but a plain asyncio one
+    (idle_timeout's ``asyncio.timeout``) abandons it, its thread still inside ``next()``.
+    Closing the source then would fail (a generator refuses with "generator already
+    executing") and waiting for that read would defeat the timeout, since a source that
+    timed out is one that may never answer. So the close is left to the reading thread:
+    it closes the source as soon as its ``next()`` returns.
+    """
     iterator = iter(source)
-    # Held by the worker thread for each next(), and by the one that closes. An anyio
-    # cancellation waits for a read in progress, but a plain asyncio one (idle_timeout's
-    # asyncio.timeout) abandons it with its thread still inside next(): the close must
-    # wait for that thread, or a generator fails with "generator already executing" and
-    # stays open.
-    busy = threading.Lock()
+    guard = threading.Lock()
+    reading = close_pending = closed = False
+
+    def close_once() -> None:
+        nonlocal closed
+        with guard:
+            if closed:
+                return
+            closed = True
+        for target in (iterator,) if iterator is source else (iterator, source):
+            close = getattr(target, "close", None)
+            if close is not None:
+                close()
 
     def read() -> object:
-        with busy:
+        nonlocal reading
+        with guard:
+            reading = True
+        try:
             return next(iterator, _EXHAUSTED)
+        finally:
+            with guard:
+                reading = False
+                abandoned = close_pending
+            if abandoned:
+                close_once()  # the stream ended while this read ran: nobody else will
 
     def close_all() -> None:
-        with busy:
-            for target in (iterator,) if iterator is source else (iterator, source):
-                close = getattr(target, "close", None)
-                if close is not None:
-                    close()
+        nonlocal close_pending
+        with guard:
+            if reading:
+                close_pending = True
+                return
+        close_once()
 
     try:
         while True:
@@ -88,6 +113,9 @@ class StreamingResponse(_StarletteStreamingResponse, Generic[ChunkT]):
     out (``COMPLETED``), when the client disconnects — also before the first chunk —
     (``CLOSED``), when it raises (``ERROR``, and the exception propagates to the server
     as with Starlette's own response), or when the request is cancelled (``CANCELLED``).
+    (One exception: a blocking source still inside its ``next()`` when ``idle_timeout``
+    expires is closed by its worker thread as soon as that read returns, since it may
+    never; the response ends at the timeout.)
     ``on_complete`` runs exactly once, before the call returns; an exception in it (or
     in closing a source that ran out) is logged through the ``tether.stream`` logger, not
     raised: the response is still finished and its ``background`` task run.
