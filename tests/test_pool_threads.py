@@ -975,18 +975,23 @@ def test_waiters_without_a_deadline_served_after_failed_checks_leave_nothing_beh
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX only")
 def test_a_forked_childs_pool_refills_to_min_size_by_itself() -> None:
-    """The housekeeper is a thread, and threads do not survive a fork: the child's pool
-    starts a housekeeper of its own, which refills it to min_size in the background."""
+    """The housekeeper is a thread, and threads do not survive a fork: the child's pool,
+    once used, starts a housekeeper of its own, which refills it to min_size in the
+    background. (Not at the fork itself: a child that only execs must not connect.)"""
     with tether.Pool(Things().create, min_size=2, max_size=4) as pool:
 
         def refill_in_the_child() -> bytes:
+            time.sleep(0.05)
+            before = pool.stats().size  # nothing made by the fork alone
+            with pool.acquire():
+                pass
             deadline = time.monotonic() + GUARD / 2
             while pool.stats().idle < 2 and time.monotonic() < deadline:
                 time.sleep(0.001)
-            return str(pool.stats().idle).encode()
+            return f"{before} {pool.stats().idle}".encode()
 
         report = in_forked_child(refill_in_the_child)
-    assert report == b"2"
+    assert report == b"0 2"
 
 
 def test_an_interrupt_in_is_broken_gets_through_and_destroys_the_resource() -> None:

@@ -178,7 +178,8 @@ class Pool(PoolShell[R]):
             with self._lock:
                 self._core.created(resource, _monotonic(), None)
             self._flush()
-        self._start_housekeeper()
+        with self._lock:
+            self._start_housekeeper()
 
     def close(self, timeout: float | None = None) -> None:
         """Close the pool.
@@ -433,7 +434,9 @@ class Pool(PoolShell[R]):
             # already have been released, if the permit came just as the wait timed out).
             waiter.handle = None
             slot = self._core.created(resource, _monotonic(), waiter)
-            if self._core.size < self._core.config.min_size:
+            if self._housekeeper is None and self._core.state is OPEN:
+                self._start_housekeeper()  # the first use in a forked child
+            elif self._core.size < self._core.config.min_size:
                 self._notify()  # the pool may just have come back: refill it now
         self._flush()
         if waiter.grant is slot:
@@ -568,6 +571,10 @@ class Pool(PoolShell[R]):
         return failed or (count > 0 and self._core.size < self._core.config.min_size)
 
     def _start_housekeeper(self) -> None:
+        """Under the lock: start the housekeeper, unless it runs already (a caller in a
+        forked child may have started it while ``open()`` was still making resources)."""
+        if self._housekeeper is not None:
+            return
         self._housekeeper = threading.Thread(
             target=_housekeep,
             args=(weakref.ref(self),),
@@ -592,8 +599,9 @@ class Pool(PoolShell[R]):
         self._timer_changed = threading.Condition(self._lock)
         self._timer_at = _INF
         self._timekeeper = None
-        if self._core.state is OPEN:
-            self._start_housekeeper()  # threads do not survive a fork: the child's own
+        # Threads do not survive a fork: the child's first creation starts a housekeeper
+        # of its own (not the fork itself: a child about to exec, say from subprocess's
+        # preexec_fn, must not start refilling the pool).
 
     def resize(self, *, min_size: int | None = None, max_size: int | None = None) -> None:
         """Change ``min_size`` and/or ``max_size`` while the pool runs.
