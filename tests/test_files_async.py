@@ -187,6 +187,44 @@ async def test_task_cancel_during_the_commit_finishes_it_then_cancels(
     assert after_block == []
 
 
+async def test_a_cancellation_while_discarding_leaves_the_blocks_error_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The block raised (rejecting the write) and the task is cancelled while the
+    temporary file is removed: the removal finishes, the block's error propagates (it is
+    not replaced by the cancellation), and the cancellation follows at the next await."""
+    entered, release = threading.Event(), threading.Event()
+    real_unlink = os.unlink
+
+    def slow_unlink(path: str, *args: object, **kwargs: object) -> None:
+        entered.set()
+        release.wait(30)
+        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", slow_unlink)
+    seen: list[str] = []
+
+    async def write() -> None:
+        try:
+            async with atomic_write_async(tmp_path / "t.txt") as f:
+                f.write("rejected")
+                raise ValueError("validation failed")
+        except ValueError:
+            seen.append("ValueError")
+        await asyncio.sleep(0)  # the cancellation arrives here
+        seen.append("ran on")  # pragma: no cover - it must not
+
+    task = asyncio.create_task(write())
+    assert await asyncio.to_thread(entered.wait, 30)
+    task.cancel()
+    await asyncio.sleep(0.01)  # the cancellation reaches the task while unlink is blocked
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen == ["ValueError"]
+    assert listing(tmp_path) == []
+
+
 @both_backends
 async def test_cancel_scope_during_the_commit_finishes_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -60,7 +60,12 @@ from typing import (
     overload,
 )
 
-from ._aio import current_async_library, run_shielded, run_shielded_outcome
+from ._aio import (
+    current_async_library,
+    redeliver_cancellation,
+    run_shielded,
+    run_shielded_outcome,
+)
 from ._sites import Site, user_site
 
 __all__ = ["atomic_write", "atomic_write_async"]
@@ -638,10 +643,18 @@ class _AsyncAtomicWrite:
         traceback: TracebackType | None,
     ) -> None:
         # Once started, the commit (or the removal) runs to its end even if this task is
-        # cancelled meanwhile; the cancellation is delivered afterwards.
-        await run_shielded(
+        # cancelled meanwhile; the cancellation is delivered afterwards. An error of the
+        # block's own still wins (the cancellation then follows at the next await).
+        outcome = await run_shielded_outcome(
             _in_thread(functools.partial(self._writer.__exit__, exc_type, exc, traceback))
         )
+        error = outcome.error
+        if outcome.cancelled:
+            if exc is None or isinstance(exc, asyncio.CancelledError):
+                raise asyncio.CancelledError from error
+            redeliver_cancellation(exc)
+        if error is not None:
+            raise error
 
 
 async def _in_thread(function: Callable[[], T]) -> T:
