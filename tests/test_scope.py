@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import gc
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
 from typing import Self
@@ -734,3 +734,20 @@ def test_scope_with_nothing_pending_does_not_warn() -> None:
     scope = Scope()
     del scope
     gc.collect()  # under -W error a warning here would fail the test
+
+
+def test_a_sync_callback_that_returns_a_coroutine_is_a_cleanup_error() -> None:
+    """``scope.callback(lambda: conn.aclose())`` registers a sync callback whose cleanup
+    never runs: it returns a coroutine nobody awaits. That is reported as the scope's
+    cleanup error (naming the fix), not dropped in silence, and the coroutine is closed."""
+    closed: list[str] = []
+
+    async def aclose() -> None:  # pragma: no cover - never awaited, only closed
+        closed.append("awaited")
+
+    def stop() -> Coroutine[None, None, None]:
+        return aclose()  # a sync function handing back the coroutine, as a lambda would
+
+    with pytest.raises(TypeError, match="callback_async"), Scope() as scope:
+        scope.callback(stop)
+    assert closed == []

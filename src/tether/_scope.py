@@ -231,6 +231,20 @@ class _Unwind:
         else:
             if kind == _EXIT:
                 self.returned(result)
+            elif result is not None and inspect.iscoroutine(result):
+                self.unawaited(result, _describe(kind, function, argument, name))
+
+    def unawaited(self, coroutine: Coroutine[Any, Any, Any], cleanup: str) -> None:
+        """``scope.callback(lambda: conn.aclose())``: the cleanup never ran. Say so rather
+        than drop it (closing the coroutine spares a "never awaited" warning)."""
+        coroutine.close()
+        self.failed(
+            cleanup,
+            TypeError(
+                "the callback returned a coroutine, which a sync callback cannot await: "
+                "register it with AsyncScope.callback_async"
+            ),
+        )
 
     def finish(self, scope: str) -> bool:
         """Apply the error rule once every cleanup has run.
@@ -459,13 +473,18 @@ class Scope(_ScopeBase):
                     try:
                         if kind == _EXIT:
                             function(argument, None, None, None)
-                        elif argument is None:
-                            function()
+                            continue
+                        if argument is None:
+                            result = function()
                         else:
-                            function(*argument[0], **argument[1])
+                            result = function(*argument[0], **argument[1])
                     except BaseException as error:  # noqa: BLE001 - reported by finish()
                         unwind = _Unwind(None)
                         unwind.failed(_describe(kind, function, argument, name), error)
+                        break
+                    if result is not None and inspect.iscoroutine(result):
+                        unwind = _Unwind(None)
+                        unwind.unawaited(result, _describe(kind, function, argument, name))
                         break
                 else:
                     return False
