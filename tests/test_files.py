@@ -697,6 +697,29 @@ def test_no_overwrite_without_hard_links_explains_itself(
     assert listing(tmp_path) == []
 
 
+def test_no_overwrite_that_cannot_remove_its_temporary_name_still_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With ``overwrite=False`` the file gets its name by a hard link, then the temporary
+    name is removed. If that removal fails the write has still happened (readers see the
+    new file): it is not reported as failed, and the stray temporary name is logged."""
+    real_unlink = os.unlink
+
+    def failing_unlink(path: str, *args: object, **kwargs: object) -> None:
+        if ".tether-" in os.fspath(path):
+            raise OSError(errno.EIO, "Input/output error", path)
+        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", failing_unlink)
+    with caplog.at_level("WARNING", logger="tether.files"):
+        with atomic_write(tmp_path / "t", overwrite=False) as f:
+            f.write("new")
+    monkeypatch.undo()
+    assert (tmp_path / "t").read_text() == "new"
+    assert "could not be removed" in caplog.text
+    assert len(listing(tmp_path)) == 2  # the file, and its second (temporary) name
+
+
 # -- permissions -----------------------------------------------------------------------
 
 

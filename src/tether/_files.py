@@ -39,6 +39,7 @@ import enum
 import errno
 import functools
 import io
+import logging
 import os
 import secrets
 import stat
@@ -67,6 +68,8 @@ from ._aio import (
     run_shielded_outcome,
 )
 from ._sites import Site, user_site
+
+_logger: Final = logging.getLogger("tether.files")
 
 __all__ = ["atomic_write", "atomic_write_async"]
 
@@ -365,8 +368,19 @@ class _AtomicWrite:
         except OSError as exc:
             exc.add_note("atomic_write(overwrite=False) needs a file system with hard links")
             raise
-        os.unlink(temp)
-        self._temp = None
+        self._temp = None  # the file has its name: the write is done, whatever follows
+        try:
+            os.unlink(temp)
+        except OSError as exc:
+            # Failing the write now would be false: readers see the new file. Only its
+            # second, temporary name is left behind, which is worth a warning.
+            _logger.warning(
+                "atomic_write(): %s was written, but its temporary name %s could not be "
+                "removed: %s",
+                self._path,
+                temp,
+                exc,
+            )
 
     def _discard(self) -> OSError | None:
         """Close and remove everything still open; return why the temp could not go."""
