@@ -891,3 +891,26 @@ async def test_an_async_connection_returned_mid_query_is_destroyed(postgres_dsn:
         stats = pool.stats()
     await stream.aclose()
     assert (stats.created, stats.broken) == (2, 1)
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "lost"),
+    [
+        ("08006", True),  # connection_failure
+        ("57P01", True),  # admin_shutdown
+        ("57P05", True),  # idle_session_timeout: the server ended the session
+        ("25P03", True),  # idle_in_transaction_session_timeout: likewise
+        ("57014", False),  # query_canceled: the connection is fine
+        ("55P03", False),  # lock_not_available
+        ("22012", False),  # division_by_zero
+    ],
+)
+def test_psycopg_errors_that_mean_a_lost_connection(sqlstate: str, lost: bool) -> None:
+    """is_broken says "lost" for the SQLSTATEs with which the server ends or has ended
+    the session, whatever psycopg's class for them, and not for errors that leave the
+    connection usable."""
+    import psycopg.errors
+
+    from tether import _pg_psycopg
+
+    assert _pg_psycopg.is_broken(psycopg.errors.lookup(sqlstate)("x")) is lost

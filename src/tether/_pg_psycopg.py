@@ -37,8 +37,9 @@ __all__ = ["async_pool", "is_broken", "sync_pool"]
 _IDLE: Final = pq.TransactionStatus.IDLE
 _INTRANS: Final = pq.TransactionStatus.INTRANS
 _INERROR: Final = pq.TransactionStatus.INERROR
-_SHUTDOWNS: Final = frozenset({"57P01", "57P02", "57P03"})
-"""admin_shutdown, crash_shutdown, cannot_connect_now: the server is going or gone."""
+_LOST: Final = frozenset({"57P01", "57P02", "57P03", "57P05", "25P03"})
+"""admin_shutdown, crash_shutdown, cannot_connect_now: the server is going or gone;
+idle_session_timeout, idle_in_transaction_session_timeout: it ended this session."""
 
 
 class ConnectionStateUnknown(psycopg.InterfaceError):
@@ -49,13 +50,16 @@ def is_broken(error: BaseException) -> bool:
     """Whether ``error`` says the connection it came from is lost.
 
     A client-side connection failure (an ``OperationalError`` with no SQLSTATE, such as
-    "server closed the connection unexpectedly"), a connection-class SQLSTATE (``08``) or
-    a server shutdown (``57P01``-``57P03``). A cancelled query (``57014``) or a lock
-    timeout is an ``OperationalError`` too, but leaves the connection usable.
+    "server closed the connection unexpectedly"), a connection-class SQLSTATE (``08``), a
+    server shutdown (``57P01``-``57P03``) or the server ending an idle session (``57P05``,
+    ``25P03``). A cancelled query (``57014``) or a lock timeout is an ``OperationalError``
+    too, but leaves the connection usable.
     """
-    if isinstance(error, psycopg.OperationalError):
+    if isinstance(error, psycopg.Error):
         sqlstate = error.sqlstate
-        return sqlstate is None or sqlstate.startswith("08") or sqlstate in _SHUTDOWNS
+        if sqlstate is None:
+            return isinstance(error, psycopg.OperationalError)
+        return sqlstate.startswith("08") or sqlstate in _LOST
     return isinstance(error, ConnectionError)
 
 
