@@ -1314,7 +1314,8 @@ def accumulate(
             async read is cancelled at the deadline; a blocking sync ``next()`` cannot be
             interrupted, so it is judged when it returns.
         timing: ``"basic"`` reads the clock at the start, at the first chunk and at the
-            end only; ``"detailed"`` reads it per chunk to record ``max_gap``.
+            end only (and per chunk where ``idle_timeout`` needs it); ``"detailed"``
+            reads it per chunk to record ``max_gap``.
 
     Returns:
         A :class:`Stream` or an :class:`AsyncStream`.
