@@ -605,16 +605,30 @@ def test_a_resource_given_back_unchecked_by_a_caller_that_gave_up_stays_due_its_
     assert core.acquire(0.0, first) is CREATE
     slot = core.created(object(), 0.0, first)
     core.release(slot, slot.lease, 0.0)  # idle from 0.0; its check is due from 1.0
-    hasty = Waiter[object](None, "hasty", None, 0, 5.0, deadline=5.0)
+    hasty = Waiter[object](None, "hasty", None, 0, 4.5, deadline=5.0)
     assert core.acquire(5.0, hasty) is slot
     assert core.needs_check(slot, 5.0)
-    core.cancel_wait(hasty, 5.0, timed_out=True)  # no time left to check it
+    assert core.out_of_time_to_check(hasty, 5.0)  # its deadline came: it gives up
     assert list(core.idle) == [slot]
     assert core.take(5.0) is None  # not handed out unchecked on the fast path
     patient = Waiter[object](None, "patient", None, 0, 5.0, deadline=10.0)
     assert core.acquire(5.0, patient) is slot
     assert core.needs_check(slot, 5.0)
     assert (core.stats().timeouts, core.stats().acquired) == (1, 2)  # hasty's not counted
+
+
+def test_a_caller_with_timeout_zero_has_its_check_bounded_by_nothing_but_the_check() -> None:
+    """timeout=0 (a deadline equal to the moment of asking) means "do not wait in line":
+    such a caller is never out of time to check an idle resource, and its check has no
+    deadline of the pool's; a caller that waited has its own deadline for the check, and
+    once that has passed no check starts."""
+    core = bare_core("zero", min_size=0, max_size=1, has_check=True)
+    now_only = Waiter[object](None, "now only", None, 0, 5.0, deadline=5.0)
+    waited = Waiter[object](None, "waited", None, 0, 4.0, deadline=5.0)
+    assert core.check_deadline(now_only) == float("inf")
+    assert core.check_deadline(waited) == 5.0
+    assert not core.out_of_time_to_check(now_only, 7.0)
+    assert not core.out_of_time_to_check(waited, 4.9)
 
 
 def test_a_waiter_without_a_deadline_back_at_the_head_hides_no_deadline_behind_it() -> None:

@@ -189,8 +189,8 @@ class AsyncPool(PoolShell[R]):
         if not creations:
             return
         await asyncio.wait(creations)
-        # A creation cancelled from within create() was recorded as a failure (its
-        # error is the pool's last one): it fails the open as much as any other.
+        # A creation cancelled from within create() was recorded as a failure: it fails
+        # the open as much as any other.
         errors: list[BaseException] = []
         for creation in creations:
             if creation.cancelled():
@@ -345,11 +345,7 @@ class AsyncPool(PoolShell[R]):
                 if self._check is None or not core.needs_check(grant, _monotonic()):
                     return grant
                 now = _monotonic()
-                if now >= waiter.deadline > waiter.since:
-                    # No time left to check it (a check failed at the deadline): it goes
-                    # back unchecked, still due its check. (A caller with timeout=0 does
-                    # not wait in line, but the check of an idle resource still runs.)
-                    core.cancel_wait(waiter, now, timed_out=True)
+                if core.out_of_time_to_check(waiter, now):
                     self._flush()
                     raise core.timeout_error(now - waiter.since, now)
                 if await self._passes_check(grant, waiter):
@@ -454,9 +450,8 @@ class AsyncPool(PoolShell[R]):
         check = self._check
         assert check is not None
         try:
-            # Within the caller's deadline; with timeout=0 the check has its own only.
-            deadline = waiter.deadline if waiter.deadline > waiter.since else float("inf")
-            async with asyncio.timeout_at(_loop_deadline(deadline)) as scope:
+            deadline = _loop_deadline(self._core.check_deadline(waiter))
+            async with asyncio.timeout_at(deadline) as scope:
                 verdict = check(slot.resource)
                 if inspect.isawaitable(verdict):
                     verdict = await verdict

@@ -336,13 +336,9 @@ class Pool(PoolShell[R]):
                 # without the lock.
                 if not grant.must_check:
                     return grant
-                now = _monotonic()
-                if now >= waiter.deadline > waiter.since:
-                    # No time left to check it (a check failed at the deadline): it goes
-                    # back unchecked, still due its check. (A caller with timeout=0 does
-                    # not wait in line, but the check of an idle resource still runs.)
-                    with self._lock:
-                        core.cancel_wait(waiter, now, timed_out=True)
+                with self._lock:
+                    out_of_time = core.out_of_time_to_check(waiter, _monotonic())
+                if out_of_time:
                     self._flush()
                     raise self._timeout_error(waiter)
                 passed = self._passes_check(grant)

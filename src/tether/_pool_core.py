@@ -701,6 +701,23 @@ class PoolCore(Generic[R]):
         """
         return slot.must_check
 
+    @staticmethod
+    def check_deadline(waiter: Waiter[R]) -> float:
+        """When the check of the slot granted to ``waiter`` must be over: its deadline, or
+        none (``inf``) for a caller with ``timeout=0``, who does not wait in line but
+        still has an idle resource checked, within the check's own time."""
+        deadline = waiter.deadline
+        return deadline if deadline > waiter.since else INF
+
+    def out_of_time_to_check(self, waiter: Waiter[R], now: float) -> bool:
+        """Whether no check of the slot granted to ``waiter`` may start now: its deadline
+        has passed (a check failed at it). If so the slot goes back unchecked, still due
+        its check, and ``waiter`` is timed out: the shell raises its PoolTimeout."""
+        if now < self.check_deadline(waiter):
+            return False
+        self.cancel_wait(waiter, now, timed_out=True)
+        return True
+
     def check_passed(self, slot: Slot[R], now: float) -> None:
         """A handed-out slot passed its check."""
         slot.trusted_since = now
