@@ -52,7 +52,7 @@ _LOST: Final = (
 _IN_FLIGHT: Final = frozenset({asyncio.Future, asyncio.TimerHandle})
 """What asyncpg's protocol holds only while a request is in flight: the future made by
 ``loop.create_future()`` (an ``asyncio.Future`` on asyncio's loops and uvloop alike) and
-its timeout's timer. Exact types, not ``isinstance``: this runs on every return."""
+its timeout's timer. Exact types, not ``isinstance``: cheaper, and nothing else is meant."""
 
 
 def is_broken(error: BaseException) -> bool:
