@@ -14,10 +14,9 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Mapping, MutableMapping
-from types import FrameType
 from typing import Any, Protocol, TypeAlias, final
 
-from ._sites import _PACKAGE_DIR
+from ._sites import outside_tether
 
 __all__ = ["AnyLogger", "LogTarget", "StructuredLogger"]
 
@@ -133,9 +132,5 @@ def _stacklevel() -> int:
     :func:`_log_stdlib`, and each tether frame above it (``LogTarget.emit``, the
     ``__exit__`` of ``timed`` or ``suppress``, a decorator's wrapper) adds one.
     """
-    level = 1
-    frame: FrameType | None = sys._getframe(1)  # _log_stdlib's frame
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        level += 1
-        frame = frame.f_back
-    return level
+    _, skipped = outside_tether(sys._getframe(1))  # from _log_stdlib's frame
+    return 1 + skipped

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from types import CodeType
+from types import CodeType, FrameType
 from typing import Final, NamedTuple, final
 
 _PACKAGE_DIR: Final = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -30,6 +30,19 @@ class Site(NamedTuple):
 UNKNOWN_SITE: Final = Site("<unknown>", 0)
 
 
+def outside_tether(frame: FrameType) -> tuple[FrameType, int]:
+    """The first frame from ``frame`` outwards whose code is not tether's own (or the
+    outermost frame), and how many of tether's frames came before it."""
+    skipped = 0
+    while frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        back = frame.f_back
+        if back is None:
+            break
+        frame = back
+        skipped += 1
+    return frame, skipped
+
+
 def user_code(depth: int = 1) -> tuple[CodeType | None, int]:
     """Like :func:`user_site`, but return the raw ``(code, instruction offset)``.
 
@@ -37,14 +50,9 @@ def user_code(depth: int = 1) -> tuple[CodeType | None, int]:
     with :func:`code_site` when it is shown.
     """
     try:
-        frame = sys._getframe(depth + 1)
+        frame, _ = outside_tether(sys._getframe(depth + 1))
     except ValueError:
         return None, 0
-    while frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        back = frame.f_back
-        if back is None:
-            break
-        frame = back
     return frame.f_code, frame.f_lasti
 
 
@@ -67,17 +75,10 @@ def user_site(depth: int = 1) -> Site:
     always in the user's code.
     """
     try:
-        frame = sys._getframe(depth + 1)
+        frame, _ = outside_tether(sys._getframe(depth + 1))
     except ValueError:
         return UNKNOWN_SITE
-    code = frame.f_code
-    while code.co_filename.startswith(_PACKAGE_DIR):
-        back = frame.f_back
-        if back is None:
-            break
-        frame = back
-        code = frame.f_code
-    return Site(code.co_filename, frame.f_lineno)
+    return Site(frame.f_code.co_filename, frame.f_lineno)
 
 
 def _shorten(filename: str) -> str:
